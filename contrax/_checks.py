@@ -1,0 +1,75 @@
+"""Eager argument checks shared by the whole library.
+
+Every public function validates its inputs before tracing, and a bad input raises a
+`ValueError` (or `TypeError`) that names the argument, the value and what is allowed.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+def positive(name: str, value: float) -> float:
+  """`value > 0` and finite, else ValueError."""
+  if isinstance(value, (bool, np.bool_)) or not np.isscalar(value):
+    raise TypeError(f"{name} must be a real number, got {value!r}")
+  if not np.isfinite(value) or value <= 0:
+    raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+  return float(value)
+
+
+def non_negative(name: str, value: float) -> float:
+  """`value >= 0` and finite, else ValueError."""
+  if isinstance(value, (bool, np.bool_)) or not np.isscalar(value):
+    raise TypeError(f"{name} must be a real number, got {value!r}")
+  if not np.isfinite(value) or value < 0:
+    raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+  return float(value)
+
+
+def in_range(name: str, value: float, low: float, high: float, *,
+             include_low: bool = True, include_high: bool = False) -> float:
+  """`value` in the interval [low, high) (brackets set by the flags), else ValueError."""
+  if isinstance(value, (bool, np.bool_)) or not np.isscalar(value):
+    raise TypeError(f"{name} must be a real number, got {value!r}")
+  ok_low = value >= low if include_low else value > low
+  ok_high = value <= high if include_high else value < high
+  if not (np.isfinite(value) and ok_low and ok_high):
+    lb = "[" if include_low else "("
+    hb = "]" if include_high else ")"
+    raise ValueError(f"{name} must lie in {lb}{low}, {high}{hb}, got {value!r}")
+  return float(value)
+
+
+def positive_int(name: str, value: int) -> int:
+  """A Python/NumPy integer >= 1, else ValueError."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{name} must be an integer, got {value!r}")
+  if value < 1:
+    raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+  return int(value)
+
+
+def choice(name: str, value, choices: Iterable):
+  """`value` is one of `choices`, else ValueError listing them."""
+  choices = list(choices)
+  if value not in choices:
+    raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(map(repr, choices))}")
+  return value
+
+
+def rank(name: str, array, expected_rank: int):
+  """`array.ndim == expected_rank`, else ValueError with the shape."""
+  if np.ndim(array) != expected_rank:
+    raise ValueError(f"{name} must have rank {expected_rank}, got shape {np.shape(array)}")
+  return array
+
+
+def same_shape(names: Sequence[str], *arrays):
+  """All arrays have one shape, else ValueError naming them."""
+  shapes = [np.shape(a) for a in arrays]
+  if any(s != shapes[0] for s in shapes[1:]):
+    pairs = ", ".join(f"{n}{s}" for n, s in zip(names, shapes))
+    raise ValueError(f"{' and '.join(names)} must have the same shape, got {pairs}")
+  return arrays

@@ -1,0 +1,180 @@
+"""The InfoNCE family with weighted negatives (SPEC §1): one general form, many losses.
+
+For anchor i with positive p(i), negative weights `w_ij >= 0` summing to 1 over the
+N = 2B - 2 negatives (plus Q external columns when a queue is given), and debiasing
+prior `tau_plus` in [0, 1):
+
+    pos_i = exp(s_{i,p(i)} / t)
+    neg_i = N * sum_j w_ij exp(s_ij / t)
+    Ng_i  = max((neg_i - tau_plus * N * pos_i) / (1 - tau_plus), N exp(-1/t))   (tau_plus > 0)
+    l_i   = -log(pos_i / (pos_i + Ng_i))              (decoupled: -s_{i,p(i)}/t + log Ng_i)
+    loss  = mean_i l_i
+
+Everything is computed in log space with masks (no gathers, no `e^{1/t}`), so the loss and
+its gradient are finite at every temperature and for every finite input, zero vectors
+included. Special cases: uniform weights and tau_plus = 0 give SimCLR's NT-Xent (Chen et
+al. 2020); tau_plus > 0 gives Debiased CL (Chuang et al. 2020); `negatives.hcl` weights give
+HCL (Robinson et al. 2021); `negatives.ot` weights give HCL-OT (Jiang et al. 2023).
+
+With `axis_name` (inside `shard_map`), each device scores its local rows against the
+all-gathered global columns and the returned value is the global mean, identical on every
+device and equal to the single-device loss on the concatenated batch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from contrax import _checks
+from contrax.losses import _layout
+
+NEG_INF = -jnp.inf
+
+
+def check_temperature(temperature: float) -> float:
+  return _checks.positive("temperature", temperature)
+
+
+def check_tau_plus(tau_plus: float) -> float:
+  return _checks.in_range("tau_plus", tau_plus, 0.0, 1.0)
+
+
+def safe_log(x: jax.Array) -> jax.Array:
+  """log(x) with log(0) = -inf and a zero (not NaN) gradient at x = 0."""
+  positive = x > 0
+  return jnp.where(positive, jnp.log(jnp.where(positive, x, 1.0)), NEG_INF)
+
+
+def check_weights(weights, shape, negative_mask) -> None:
+  """Eager check that concrete weights have `shape` and are row-stochastic over negatives.
+
+  Traced weights (inside jit) are checked for shape only.
+  """
+  if tuple(np.shape(weights)) != tuple(shape):
+    raise ValueError(f"weights must have shape {tuple(shape)} (local rows x global columns), "
+                     f"got {np.shape(weights)}")
+  if isinstance(weights, jax.core.Tracer) or isinstance(negative_mask, jax.core.Tracer):
+    return
+  w = np.asarray(weights, np.float64)
+  if not np.all(np.isfinite(w)) or np.any(w < 0):
+    raise ValueError("weights must be finite and non-negative")
+  sums = np.sum(np.where(np.asarray(negative_mask), w, 0.0), axis=1)
+  if np.any(np.abs(sums - 1.0) > 1e-3):
+    worst = int(np.argmax(np.abs(sums - 1.0)))
+    raise ValueError("weights must be row-stochastic over each anchor's negatives (rows sum to "
+                     f"1, self and positive columns excluded); row {worst} sums to {sums[worst]:.6g}")
+
+
+def debiased_log_negatives(log_neg: jax.Array, log_pos: jax.Array, tau_plus: float,
+                           num_negatives: int, temperature: float) -> jax.Array:
+  """log Ng of SPEC §1: the debiased negative term with its clamp at N·exp(-1/t)."""
+  log_floor = math.log(num_negatives) - 1.0 / temperature
+  if tau_plus == 0.0:
+    return log_neg
+  # (neg - tau N pos) / (1 - tau) = neg (1 - r) / (1 - tau), r = tau N pos / neg.
+  log_r = math.log(tau_plus * num_negatives) + log_pos - log_neg
+  keep = log_r < 0
+  one_minus_r = -jnp.expm1(jnp.where(keep, log_r, -1.0))
+  log_diff = log_neg + jnp.log(one_minus_r) - math.log1p(-tau_plus)
+  return jnp.maximum(jnp.where(keep, log_diff, NEG_INF), log_floor)
+
+
+def infonce(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5,
+            weights: Optional[jax.Array] = None, tau_plus: float = 0.0,
+            decoupled: bool = False, queue: Optional[jax.Array] = None,
+            axis_name: Optional[str] = None) -> jax.Array:
+  """Weighted-negative InfoNCE (SPEC §1) on two views; returns a scalar.
+
+  Args:
+    z1, z2: `[b, D]` embeddings of the two views (L2-normalised here).
+    temperature: t > 0.
+    weights: optional `[2b, 2B (+Q)]` negative weights, rows summing to 1 over each anchor's
+      negatives; None means uniform (1/N). Self and positive columns are ignored. Gradients
+      flow through the weights unless the caller applies `jax.lax.stop_gradient`.
+    tau_plus: debiasing class prior in [0, 1) (Chuang et al. 2020); 0 disables the clamp.
+    decoupled: drop the positive from the denominator (Yeh et al. 2022).
+    queue: optional `[Q, D]` external negatives (memory bank, MoCo-style); they carry no
+      gradient and count as Q extra negatives of every anchor.
+    axis_name: data axis for global negatives under `shard_map`.
+
+  Example:
+    >>> z1 = jnp.eye(4); z2 = jnp.eye(4)
+    >>> float(infonce(z1, z2, temperature=0.5)) > 0
+    True
+  """
+  t = check_temperature(temperature)
+  tau = check_tau_plus(tau_plus)
+  pairs = _layout.stacked_pairs(z1, z2, axis_name=axis_name)
+  cols, negative_mask = pairs.cols, pairs.negative_mask
+  num_neg = pairs.num_negatives
+  if queue is not None:
+    _checks.rank("queue", queue, 2)
+    if queue.shape[1] != z1.shape[1]:
+      raise ValueError(f"queue must have {z1.shape[1]} columns like z1, got shape {queue.shape}")
+    bank = jax.lax.stop_gradient(_layout.l2_normalize(queue))
+    cols = jnp.concatenate([cols, bank], axis=0)
+    extra = jnp.ones((negative_mask.shape[0], queue.shape[0]), bool)
+    negative_mask = jnp.concatenate([negative_mask, extra], axis=1)
+    num_neg += queue.shape[0]
+  if num_neg < 1:
+    raise ValueError("InfoNCE needs at least one negative: use a global batch of >= 2 images "
+                     "or a queue")
+  logits = pairs.rows @ cols.T / t
+  pos_cols = jnp.concatenate([pairs.pos_mask, jnp.zeros((pairs.pos_mask.shape[0], cols.shape[0]
+                                                         - pairs.num_global_rows), bool)], axis=1)
+  log_pos = jnp.sum(jnp.where(pos_cols, logits, 0.0), axis=1)
+  if weights is None:
+    log_neg = jax.nn.logsumexp(jnp.where(negative_mask, logits, NEG_INF), axis=1)
+  else:
+    check_weights(weights, logits.shape, negative_mask)
+    scores = jnp.where(negative_mask, logits + safe_log(weights), NEG_INF)
+    log_neg = math.log(num_neg) + jax.nn.logsumexp(scores, axis=1)
+  log_ng = debiased_log_negatives(log_neg, log_pos, tau, num_neg, t)
+  if decoupled:
+    per_row = log_ng - log_pos
+  else:
+    per_row = jnp.logaddexp(log_pos, log_ng) - log_pos
+  return _layout.global_mean(per_row, pairs.num_global_rows, axis_name)
+
+
+def ntxent(z1, z2, *, temperature: float = 0.5, axis_name: Optional[str] = None):
+  """SimCLR's NT-Xent (Chen et al. 2020, arXiv 2002.05709): uniform weights, no debiasing."""
+  return infonce(z1, z2, temperature=temperature, axis_name=axis_name)
+
+
+def supervised_infonce(z1: jax.Array, z2: jax.Array, labels: jax.Array, *,
+                       temperature: float = 0.5, axis_name: Optional[str] = None) -> jax.Array:
+  """Multi-positive (SupCon-style, Khosla et al. 2020) InfoNCE; labels define positives.
+
+  Every row j != i with `label_j == label_i` (both views) is a positive of anchor i:
+
+      l_i = -(1/|P(i)|) sum_{p in P(i)} [ s_ip/t - logsumexp_{j != i} s_ij/t ]
+
+  With distinct labels (one positive per anchor: the other view) this is NT-Xent. Memory
+  is O(b · B) per device, unlike optax's `ntxent`, which is O(B^3).
+
+  Args:
+    labels: `[b]` integer labels of the images (both views share them).
+  """
+  t = check_temperature(temperature)
+  _checks.rank("labels", labels, 1)
+  if labels.shape[0] != np.shape(z1)[0]:
+    raise ValueError(f"labels must have shape ({np.shape(z1)[0]},) to match z1, got {labels.shape}")
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+  pairs = _layout.stacked_pairs(z1, z2, axis_name=axis_name)
+  global_labels = _layout.all_gather_rows(labels, axis_name)
+  col_labels = jnp.concatenate([global_labels, global_labels])
+  row_labels = jnp.concatenate([labels, labels])
+  logits = pairs.rows @ pairs.cols.T / t
+  not_self = ~pairs.self_mask
+  log_denominator = jax.nn.logsumexp(jnp.where(not_self, logits, NEG_INF), axis=1)
+  positive = (col_labels[None, :] == row_labels[:, None]) & not_self
+  count = jnp.sum(positive, axis=1)
+  mean_pos_logit = jnp.sum(jnp.where(positive, logits, 0.0), axis=1) / count
+  per_row = log_denominator - mean_pos_logit
+  return _layout.global_mean(per_row, pairs.num_global_rows, axis_name)
