@@ -137,7 +137,9 @@ def infonce(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5,
   if decoupled:
     per_row = log_ng - log_pos
   else:
-    per_row = jnp.logaddexp(log_pos, log_ng) - log_pos
+    # log(1 + Ng/pos), not logaddexp(log_pos, log_ng) - log_pos: keeps relative precision
+    # when the loss is tiny (e.g. clamped Ng at small t), where the difference rounds to 0.
+    per_row = jax.nn.softplus(log_ng - log_pos)
   return _layout.global_mean(per_row, pairs.num_global_rows, axis_name)
 
 

@@ -1,0 +1,255 @@
+"""The InfoNCE family (contrax.losses.infonce) against a float64 NumPy oracle of SPEC §1.
+
+The oracle below is written from the formulas of SPEC §1 with plain loops and direct
+exponentials (no log-space tricks); its gradient is taken by central finite differences in
+float64. The code under test runs in float32. Tolerances: values rtol 1e-5; gradients are
+compared with a norm-wise relative error of 1e-5 at t >= 0.5 and 1e-4 at t = 0.05, where the
+logits s/t reach 20 and float32's rounding of s (~6e-8) is amplified by 1/t = 20 in every
+logit and again in the softmax weights of the gradient.
+"""
+from __future__ import annotations
+
+import numpy as np
+import optax
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from contrax import negatives
+from contrax.losses import infonce, ntxent, supervised_infonce
+
+TEMPERATURES = (0.05, 0.5, 2.0)
+B, D = 4, 6
+
+
+def grad_tol(t: float) -> float:
+  return 1e-4 if t < 0.1 else 1e-5
+
+
+def normalize(z):
+  return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def oracle_infonce(z1, z2, t, *, tau_plus=0.0, decoupled=False, queue=None, hcl_beta=None,
+                   return_clamped=False):
+  """SPEC §1 in float64: loss = mean_i -log(pos_i / (pos_i + Ng_i))."""
+  b = z1.shape[0]
+  z = normalize(np.concatenate([z1, z2]).astype(np.float64))
+  cols = z if queue is None else np.concatenate([z, normalize(queue.astype(np.float64))])
+  s = z @ cols.T
+  losses, clamped = [], []
+  for i in range(2 * b):
+    p = (i + b) % (2 * b)
+    negs = [j for j in range(cols.shape[0]) if j not in (i, p)]
+    n = len(negs)
+    if hcl_beta is None:
+      w = np.full(n, 1.0 / n)
+    else:
+      e = np.exp(hcl_beta * s[i, negs] / t)
+      w = e / e.sum()
+    pos = np.exp(s[i, p] / t)
+    neg = n * np.sum(w * np.exp(s[i, negs] / t))
+    ng = neg
+    if tau_plus > 0:
+      floor = n * np.exp(-1.0 / t)
+      raw = (neg - tau_plus * n * pos) / (1.0 - tau_plus)
+      clamped.append(raw < floor)
+      ng = max(raw, floor)
+    if decoupled:
+      losses.append(-s[i, p] / t + np.log(ng))
+    else:  # -log(pos / (pos + Ng)), written as log1p to keep tiny losses exact in float64
+      losses.append(np.log1p(ng / pos))
+  loss = float(np.mean(losses))
+  return (loss, np.array(clamped)) if return_clamped else loss
+
+
+def oracle_supervised(z1, z2, labels, t):
+  """SupCon-style: l_i = -(1/|P(i)|) sum_{p in P(i)} [s_ip/t - log sum_{j != i} e^{s_ij/t}]."""
+  z = normalize(np.concatenate([z1, z2]).astype(np.float64))
+  lab = np.concatenate([labels, labels])
+  s = z @ z.T / t
+  out = []
+  for i in range(z.shape[0]):
+    others = [j for j in range(z.shape[0]) if j != i]
+    log_den = np.log(np.sum(np.exp(s[i, others])))
+    pos = [j for j in others if lab[j] == lab[i]]
+    out.append(-np.mean([s[i, p] - log_den for p in pos]))
+  return float(np.mean(out))
+
+
+def fd_grad(f, *arrays, h=1e-6):
+  """Central finite differences of a float64 scalar function of several arrays."""
+  grads = []
+  for k, a in enumerate(arrays):
+    g = np.zeros_like(a, dtype=np.float64)
+    for idx in np.ndindex(a.shape):
+      plus = [np.array(x, np.float64) for x in arrays]
+      minus = [np.array(x, np.float64) for x in arrays]
+      plus[k][idx] += h
+      minus[k][idx] -= h
+      g[idx] = (f(*plus) - f(*minus)) / (2 * h)
+    grads.append(g)
+  return grads
+
+
+def value_and_grad(loss_fn):
+  """Value and gradients with respect to both views, run eagerly: every test uses the same
+  small shapes, so the per-primitive compilations are shared and the file stays fast."""
+  return jax.value_and_grad(loss_fn, argnums=(0, 1))
+
+
+def rel_err(got, want):
+  got = np.concatenate([np.ravel(g) for g in got])
+  want = np.concatenate([np.ravel(w) for w in want])
+  return np.linalg.norm(got - want) / np.linalg.norm(want)
+
+
+def views(seed, b=B, d=D, scale=1.0):
+  rng = np.random.default_rng(seed)
+  z1 = rng.normal(size=(b, d)).astype(np.float32)
+  z2 = (z1 + scale * rng.normal(size=(b, d))).astype(np.float32)
+  return z1, z2
+
+
+def check_against_oracle(loss_fn, oracle_fn, z1, z2, t):
+  value, grads = value_and_grad(loss_fn)(jnp.asarray(z1), jnp.asarray(z2))
+  np.testing.assert_allclose(float(value), oracle_fn(z1, z2), rtol=1e-5)
+  want = fd_grad(oracle_fn, z1, z2)
+  err = rel_err(grads, want)
+  assert err < grad_tol(t), err
+
+
+@pytest.mark.parametrize("t", TEMPERATURES)
+def test_ntxent_matches_oracle(t):
+  z1, z2 = views(0)
+  check_against_oracle(lambda a, b: ntxent(a, b, temperature=t),
+                       lambda a, b: oracle_infonce(a, b, t), z1, z2, t)
+
+
+@pytest.mark.parametrize("t", TEMPERATURES)
+def test_ntxent_matches_optax(t):
+  z1, z2 = views(1)
+  labels = jnp.concatenate([jnp.arange(B), jnp.arange(B)])
+  ref = lambda a, b: optax.losses.ntxent(jnp.concatenate([a, b]), labels, temperature=t)
+  ours = lambda a, b: ntxent(a, b, temperature=t)
+  v1, g1 = value_and_grad(ours)(z1, z2)
+  v2, g2 = value_and_grad(ref)(z1, z2)
+  np.testing.assert_allclose(float(v1), float(v2), rtol=1e-5)
+  assert rel_err(g1, g2) < grad_tol(t)
+
+
+@pytest.mark.parametrize("t", TEMPERATURES)
+def test_debiased_matches_oracle(t):
+  z1, z2 = views(2)
+  check_against_oracle(lambda a, b: infonce(a, b, temperature=t, tau_plus=0.1),
+                       lambda a, b: oracle_infonce(a, b, t, tau_plus=0.1), z1, z2, t)
+
+
+@pytest.mark.parametrize("t", TEMPERATURES)
+def test_debiased_clamp_active(t):
+  # Views nearly equal and a large prior: tau+ N pos exceeds neg for some anchors, so Ng is
+  # clamped to N exp(-1/t) there (and not everywhere: the other anchors test the formula).
+  rng = np.random.default_rng(3)
+  z1 = rng.normal(size=(B, D)).astype(np.float32)
+  z2 = z1 + 0.05 * rng.normal(size=(B, D)).astype(np.float32)
+  z2[0] = -z1[0]  # one pair far apart: not clamped
+  tau = 0.8
+  _, clamped = oracle_infonce(z1, z2, t, tau_plus=tau, return_clamped=True)
+  assert clamped.any() and not clamped.all()
+  check_against_oracle(lambda a, b: infonce(a, b, temperature=t, tau_plus=tau),
+                       lambda a, b: oracle_infonce(a, b, t, tau_plus=tau), z1, z2, t)
+
+
+@pytest.mark.parametrize("t", TEMPERATURES)
+def test_hcl_matches_oracle(t):
+  z1, z2 = views(4, scale=2.0)
+  beta, tau = 1.0, 0.1
+
+  def loss(a, b):
+    w = negatives.hcl(a, b, beta=beta, temperature=t)
+    return infonce(a, b, temperature=t, tau_plus=tau, weights=w)
+
+  check_against_oracle(loss, lambda a, b: oracle_infonce(a, b, t, tau_plus=tau, hcl_beta=beta),
+                       z1, z2, t)
+
+
+@pytest.mark.parametrize("t", TEMPERATURES)
+def test_decoupled_matches_oracle(t):
+  z1, z2 = views(5)
+  check_against_oracle(lambda a, b: infonce(a, b, temperature=t, decoupled=True),
+                       lambda a, b: oracle_infonce(a, b, t, decoupled=True), z1, z2, t)
+
+
+@pytest.mark.parametrize("t", TEMPERATURES)
+def test_supervised_matches_oracle(t):
+  z1, z2 = views(6)
+  labels = np.array([0, 1, 0, 0])  # repeated labels: several positives per anchor
+  check_against_oracle(
+      lambda a, b: supervised_infonce(a, b, jnp.asarray(labels), temperature=t),
+      lambda a, b: oracle_supervised(a, b, labels, t), z1, z2, t)
+
+
+@pytest.mark.parametrize("t", TEMPERATURES)
+def test_queue_matches_oracle_and_gets_no_gradient(t):
+  z1, z2 = views(7)
+  queue = np.random.default_rng(8).normal(size=(5, D)).astype(np.float32)
+  check_against_oracle(lambda a, b: infonce(a, b, temperature=t, queue=jnp.asarray(queue)),
+                       lambda a, b: oracle_infonce(a, b, t, queue=queue), z1, z2, t)
+  g_queue = jax.grad(lambda q: infonce(z1, z2, temperature=t, queue=q))(jnp.asarray(queue))
+  assert np.all(np.asarray(g_queue) == 0.0)
+
+
+@pytest.mark.parametrize("t", TEMPERATURES)
+def test_identity_hcl_beta0_is_debiased_is_ntxent(t):
+  """(c): HCL with beta = 0 equals debiased CL, which with tau+ = 0 equals NT-Xent."""
+  z1, z2 = (jnp.asarray(v) for v in views(9))
+  hcl0 = lambda a, b, tau: infonce(a, b, temperature=t, tau_plus=tau,
+                                   weights=negatives.hcl(a, b, beta=0.0, temperature=t))
+  dcl = lambda a, b, tau: infonce(a, b, temperature=t, tau_plus=tau)
+  for tau in (0.1, 0.0):
+    v1, g1 = value_and_grad(lambda a, b: hcl0(a, b, tau))(z1, z2)
+    v2, g2 = value_and_grad(lambda a, b: dcl(a, b, tau))(z1, z2)
+    np.testing.assert_allclose(float(v1), float(v2), rtol=1e-5)
+    assert rel_err(g1, g2) < 1e-5
+  v3, g3 = value_and_grad(lambda a, b: ntxent(a, b, temperature=t))(z1, z2)
+  np.testing.assert_allclose(float(v2), float(v3), rtol=1e-6)
+  assert rel_err(g2, g3) < 1e-6
+
+
+@pytest.mark.parametrize("t", TEMPERATURES)
+def test_identity_supervised_one_positive_is_ntxent(t):
+  """(d): with distinct labels (one positive per anchor) the supervised loss is NT-Xent."""
+  z1, z2 = (jnp.asarray(v) for v in views(10))
+  labels = jnp.array([3, 0, 2, 1])
+  sup = lambda a, b: supervised_infonce(a, b, labels, temperature=t)
+  nt = lambda a, b: ntxent(a, b, temperature=t)
+  v1, g1 = value_and_grad(sup)(z1, z2)
+  v2, g2 = value_and_grad(nt)(z1, z2)
+  np.testing.assert_allclose(float(v1), float(v2), rtol=1e-5)
+  assert rel_err(g1, g2) < 1e-5
+
+
+def test_sharded_equals_single_device():
+  """Local rows × global columns under shard_map equal the loss on the global batch."""
+  n_dev = min(2, jax.device_count())
+  if n_dev < 2:
+    pytest.skip("needs several (virtual) devices")
+  mesh = jax.make_mesh((n_dev,), ("data",))
+  spec = jax.sharding.PartitionSpec("data")
+  z1, z2 = (jnp.asarray(v) for v in views(11))
+
+  def make(axis_name):
+    def loss(a, b):
+      w = negatives.hcl(a, b, beta=0.5, temperature=0.5, axis_name=axis_name)
+      return infonce(a, b, temperature=0.5, tau_plus=0.1, weights=w, axis_name=axis_name)
+    return loss
+
+  sharded = jax.shard_map(make("data"), mesh=mesh, in_specs=(spec, spec),
+                          out_specs=jax.sharding.PartitionSpec())
+  sharding = jax.sharding.NamedSharding(mesh, spec)
+  v1, g1 = jax.jit(value_and_grad(sharded))(jax.device_put(z1, sharding),
+                                            jax.device_put(z2, sharding))
+  v2, g2 = value_and_grad(make(None))(z1, z2)
+  np.testing.assert_allclose(float(v1), float(v2), rtol=1e-6)
+  assert rel_err(g1, g2) < 1e-5
