@@ -8,6 +8,7 @@ it as `infonce(..., weights=w)`. Gradients flow through `w` unless the caller st
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import jax
@@ -41,3 +42,38 @@ def hcl(z1: jax.Array, z2: jax.Array, *, beta: float, temperature: float,
   pairs = _layout.stacked_pairs(z1, z2, axis_name=axis_name)
   sims = pairs.rows @ pairs.cols.T
   return masked_softmax(beta * sims / t, pairs.negative_mask)
+
+
+def alpha_direct(z1: jax.Array, z2: jax.Array, *, p: float = 4.0, eps_alpha: float = 0.0,
+                 temperature: float = 0.5, axis_name: Optional[str] = None) -> jax.Array:
+  """α-CL-direct pairwise importance (Tian 2022, arXiv 2201.12680, SPEC §6):
+
+      α_ij = exp(-(d²_ij)^{p/2} / t) / (Σ_k exp(-(d²_ik)^{p/2} / t) + ε_α · N)
+
+  over each anchor's N negatives (zero on self and positive), `d²_ij = 1 - s_ij` on
+  L2-normalised rows. Computed from *detached* embeddings, as the paper prescribes (α is the
+  min player's closed form, a constant for the encoder). Rows sum to 1 when `eps_alpha = 0`
+  and to less than 1 otherwise. p = 4, ε_α = 0 is the paper's recommended setting; p = 2,
+  ε_α = 0 gives InfoNCE's α with ε = 0 (see `contrax.losses.alpha_cl`).
+
+  Args:
+    p: exponent > 0 applied to the distance `‖z_i - z_j‖/√2`.
+    eps_alpha: ε_α >= 0.
+    temperature: t > 0.
+  Returns:
+    `[2b, 2B]` weights (local anchors × global stacked columns).
+  """
+  p = _checks.positive("p", p)
+  eps_alpha = _checks.non_negative("eps_alpha", eps_alpha)
+  t = check_temperature(temperature)
+  pairs = _layout.stacked_pairs(jax.lax.stop_gradient(z1), jax.lax.stop_gradient(z2),
+                                axis_name=axis_name)
+  if pairs.num_negatives < 1:
+    raise ValueError("alpha_direct needs at least one negative: a global batch of >= 2 images")
+  d2, _ = _layout.half_sq_distances(pairs)
+  scores = jnp.where(pairs.negative_mask, -jnp.power(jnp.maximum(d2, 0.0), p / 2) / t, NEG_INF)
+  log_norm = jax.nn.logsumexp(scores, axis=1, keepdims=True)
+  if eps_alpha > 0:
+    log_norm = jnp.logaddexp(log_norm, math.log(eps_alpha * pairs.num_negatives))
+  return jnp.exp(scores - log_norm)
+

@@ -94,6 +94,14 @@ def stacked_pairs(z1: jax.Array, z2: jax.Array, *, axis_name: Optional[str] = No
   return Pairs(rows, cols, self_mask, pos_mask, row_index, 2 * big_b)
 
 
+def half_sq_distances(pairs: Pairs) -> tuple[jax.Array, jax.Array]:
+  """`d²_ij = 1 - s_ij` (`[2b, 2B]`, half squared distance of unit rows) and `d²_i` (`[2b]`,
+  each row's distance to its positive), SPEC §0."""
+  d2 = 1.0 - pairs.rows @ pairs.cols.T
+  d2_pos = jnp.sum(jnp.where(pairs.pos_mask, d2, 0.0), axis=1)
+  return d2, d2_pos
+
+
 def global_mean(per_row: jax.Array, num_global_rows: int, axis_name: Optional[str]) -> jax.Array:
   """Mean over all global rows of a per-local-row quantity."""
   total = jnp.sum(per_row)
