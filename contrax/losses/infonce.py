@@ -86,7 +86,8 @@ def debiased_log_negatives(log_neg: jax.Array, log_pos: jax.Array, tau_plus: flo
 def infonce(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5,
             weights: Optional[jax.Array] = None, tau_plus: float = 0.0,
             decoupled: bool = False, queue: Optional[jax.Array] = None,
-            axis_name: Optional[str] = None) -> jax.Array:
+            axis_name: Optional[str] = None, implementation: str = "dense",
+            tile_size: Optional[int] = None) -> jax.Array:
   """Weighted-negative InfoNCE (SPEC §1) on two views; returns a scalar.
 
   Args:
@@ -100,12 +101,26 @@ def infonce(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5,
     queue: optional `[Q, D]` external negatives (memory bank, MoCo-style); they carry no
       gradient and count as Q extra negatives of every anchor.
     axis_name: data axis for global negatives under `shard_map`.
+    implementation: "dense" builds the `[2b, 2B]` similarity slab; "tiled" computes the same
+      loss and gradients in `tile_size`-square tiles with memory linear in the batch, and
+      with `axis_name` passes column blocks around a ring of devices
+      (`contrax.losses.tiled`). "tiled" takes uniform weights only (for HCL use
+      `tiled.tiled_infonce(..., beta=...)`) and no queue.
+    tile_size: tile edge for implementation="tiled" (default `tiled.DEFAULT_TILE_SIZE`).
 
   Example:
     >>> z1 = jnp.eye(4); z2 = jnp.eye(4)
     >>> float(infonce(z1, z2, temperature=0.5)) > 0
     True
   """
+  _checks.choice("implementation", implementation, ("dense", "tiled"))
+  if implementation == "tiled":
+    return _tiled_infonce(z1, z2, temperature=temperature, weights=weights, tau_plus=tau_plus,
+                          decoupled=decoupled, queue=queue, axis_name=axis_name,
+                          tile_size=tile_size)
+  if tile_size is not None:
+    raise ValueError(f"tile_size applies to implementation='tiled' only, got tile_size={tile_size!r}"
+                     " with implementation='dense'")
   t = check_temperature(temperature)
   tau = check_tau_plus(tau_plus)
   pairs = _layout.stacked_pairs(z1, z2, axis_name=axis_name)
@@ -141,6 +156,20 @@ def infonce(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5,
     # when the loss is tiny (e.g. clamped Ng at small t), where the difference rounds to 0.
     per_row = jax.nn.softplus(log_ng - log_pos)
   return _layout.global_mean(per_row, pairs.num_global_rows, axis_name)
+
+
+def _tiled_infonce(z1, z2, *, weights, queue, tile_size, **kwargs):
+  """Dispatch of `infonce(..., implementation="tiled")` for the variants tiling supports."""
+  from contrax.losses import tiled  # imported here: tiled builds on this module
+  if weights is not None:
+    raise ValueError("implementation='tiled' takes no weights matrix (it is the [2b, 2B] slab that "
+                     "tiling avoids); use weights=None (uniform), or for HCL weights "
+                     "contrax.losses.tiled.tiled_infonce(..., beta=...)")
+  if queue is not None:
+    raise ValueError("implementation='tiled' does not support queue; use implementation='dense'")
+  if tile_size is not None:
+    kwargs["tile_size"] = tile_size
+  return tiled.tiled_infonce(z1, z2, **kwargs)
 
 
 def ntxent(z1, z2, *, temperature: float = 0.5, axis_name: Optional[str] = None):
