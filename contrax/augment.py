@@ -16,7 +16,8 @@ be compared with a reference on fixed parameters: `crop_box` / `resized_crop`,
 sample's view depends only on the key and its global index, never on its position in the
 batch or on how the batch is split across devices. `two_views` draws two independent views
 from `fold_in(key, 0)` and `fold_in(key, 1)`. `Augmentation` is a leafless pytree (its
-fields are static), so `jax.jit(two_views)` works without `static_argnums`.
+fields are static), so `jax.jit(two_views)(get("simclr"), key, images, ids)` works without
+`static_argnums` (a preset *name* is a string, which jit cannot take as a traced argument).
 
 Geometric ops (crop, translation, flip) are separable 1-D linear resamplings along height
 and width, so inside `augment_image` they are fused into one pass (two taps per axis).
@@ -510,8 +511,7 @@ def augment_batch(aug: Union[str, Augmentation], key: jax.Array, images,
 def two_views(aug: Union[str, Augmentation], key: jax.Array, images,
               sample_ids) -> tuple[jax.Array, jax.Array]:
   """Two independent views of each image: `augment_batch` with `fold_in(key, 0)` and
-  `fold_in(key, 1)`, traced once and vmapped over the two views (half the compile time of
-  two separate calls)."""
+  `fold_in(key, 1)`, vmapped over the two views so the pipeline is traced and compiled once."""
   aug = get(aug)
   images, sample_ids = _check_batch(images, sample_ids)
   view_keys = jnp.stack([jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)])
