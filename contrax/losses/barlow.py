@@ -1,0 +1,137 @@
+"""Barlow Twins and the paper-form losses of Huang et al. used as oracles (SPEC §3).
+
+- `barlow_twins`: the practical loss of Zbontar et al., *Barlow Twins: Self-Supervised
+  Learning via Redundancy Reduction*, ICML 2021 (arXiv 2103.03230).
+- `paper_infonce_one_negative`, `cross_correlation_loss`, `alignment`: the forms analysed by
+  Huang, Yi, Zhao, *Towards the Generalization of Contrastive Self-Supervised Learning*,
+  ICLR 2023 (arXiv 2111.00743) [P001], with their decompositions
+  `L = L1 + L2` (InfoNCE, one negative, no temperature, ‖f‖ = 1) and
+  `L_CC = (1 - λ) L1 + λ L2` (cross-correlation), and Lemma 4.1 `L_align <= 2 √(d L1)`.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from contrax import _checks
+from contrax.losses import _layout
+
+
+def _batch_sum(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
+  total = jnp.sum(x, axis=0)
+  return total if axis_name is None else jax.lax.psum(total, axis_name)
+
+
+def _global_batch(local: int, axis_name: Optional[str]) -> jax.Array:
+  if axis_name is None:
+    return local
+  return jax.lax.psum(local, axis_name)
+
+
+def standardize(z: jax.Array, *, eps: float = 0.0, axis_name: Optional[str] = None) -> jax.Array:
+  """Centre and scale each dimension over the (global) batch: `(z - mean) / sqrt(var + eps)`.
+
+  The variance is the biased one (divided by the batch size B), as in `BatchNorm1d(affine=
+  False)` in training mode, which the official Barlow Twins code applies. With `eps = 0` a
+  constant dimension is left at 0 rather than divided by zero.
+  """
+  _checks.rank("z", z, 2)
+  eps = _checks.non_negative("eps", eps)
+  n = _global_batch(z.shape[0], axis_name)
+  mean = _batch_sum(z, axis_name) / n
+  centred = z - mean
+  var = _batch_sum(jnp.square(centred), axis_name) / n
+  if eps > 0:
+    return centred * jax.lax.rsqrt(var + eps)
+  safe = var > 0
+  return jnp.where(safe, centred * jax.lax.rsqrt(jnp.where(safe, var, 1.0)), 0.0)
+
+
+def cross_correlation(z1: jax.Array, z2: jax.Array, *, eps: float = 0.0,
+                      axis_name: Optional[str] = None) -> jax.Array:
+  """`C = std(z1)ᵀ std(z2) / B` over the global batch (each view standardised separately)."""
+  _layout.check_views(z1, z2)
+  a = standardize(z1, eps=eps, axis_name=axis_name)
+  b = standardize(z2, eps=eps, axis_name=axis_name)
+  n = _global_batch(z1.shape[0], axis_name)
+  c = a.T @ b
+  if axis_name is not None:
+    c = jax.lax.psum(c, axis_name)
+  return c / n
+
+
+def _redundancy_terms(c: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """(Σ_i (1 - C_ii)², Σ_{i≠j} C_ij²)."""
+  diag = jnp.diagonal(c)
+  on = jnp.sum(jnp.square(1.0 - diag))
+  off = jnp.sum(jnp.square(c)) - jnp.sum(jnp.square(diag))
+  return on, off
+
+
+def barlow_twins(z1: jax.Array, z2: jax.Array, *, lambda_: float = 5e-3, eps: float = 1e-5,
+                 axis_name: Optional[str] = None) -> jax.Array:
+  """Barlow Twins (Zbontar et al. 2021): `Σ_i (1 - C_ii)² + λ Σ_{i≠j} C_ij²`.
+
+  z1 and z2 are standardised *separately* per dimension over the global batch (biased
+  variance, `eps` added to it as in `BatchNorm1d`), `C = z1ᵀ z2 / B`. The loss is a sum over
+  dimensions, so it grows with D. With `axis_name`, means, variances and C are all-reduced
+  with the global batch size; the value equals the single-device loss on the global batch.
+
+  Args:
+    z1, z2: `[b, D]` embeddings of the two views.
+    lambda_: weight of the off-diagonal (redundancy) term, >= 0 (official 0.0051).
+    eps: added to the per-dimension variance, >= 0.
+  """
+  lambda_ = _checks.non_negative("lambda_", lambda_)
+  c = cross_correlation(z1, z2, eps=eps, axis_name=axis_name)
+  on, off = _redundancy_terms(c)
+  return on + lambda_ * off
+
+
+class Decomposition(NamedTuple):
+  """A loss and the two terms it decomposes into (see each function for the identity)."""
+  loss: jax.Array
+  l1: jax.Array
+  l2: jax.Array
+
+
+def paper_infonce_one_negative(f1: jax.Array, f2: jax.Array, f_neg: jax.Array) -> Decomposition:
+  """InfoNCE with one negative and no temperature on unit vectors [P001 §3], with L = L1 + L2.
+
+      L  = -E log( e^{f1ᵀf2} / (e^{f1ᵀf2} + e^{f1ᵀf⁻}) )
+      L1 = -E f1ᵀ f2  (= ½ E‖f1 - f2‖² - 1)
+      L2 =  E log( e^{f1ᵀf2} + e^{f1ᵀf⁻} )
+
+  Rows of f1, f2, f_neg (`[n, d]` each) are L2-normalised here; E is the mean over rows.
+  """
+  _layout.check_views(f1, f2)
+  _checks.same_shape(("f1", "f_neg"), f1, f_neg)
+  f1, f2, f_neg = (_layout.l2_normalize(f) for f in (f1, f2, f_neg))
+  pos = jnp.sum(f1 * f2, axis=1)
+  neg = jnp.sum(f1 * f_neg, axis=1)
+  l1 = -jnp.mean(pos)
+  l2 = jnp.mean(jnp.logaddexp(pos, neg))
+  return Decomposition(l1 + l2, l1, l2)
+
+
+def cross_correlation_loss(f1: jax.Array, f2: jax.Array, lambda_: float) -> Decomposition:
+  """The cross-correlation loss of [P001] and its decomposition `L_CC = (1-λ) L1 + λ L2`.
+
+  `F_ij = E f_i(x1) f_j(x2)` with features centred and of unit variance per dimension
+  (standardised over the rows, biased variance, no epsilon);
+  `L_CC = Σ_i (1 - F_ii)² + λ Σ_{i≠j} F_ij²`, `L1 = Σ_i (1 - F_ii)²`, `L2 = ‖F - I‖²_F`.
+  """
+  lambda_ = _checks.non_negative("lambda_", lambda_)
+  f = cross_correlation(f1, f2, eps=0.0)
+  on, off = _redundancy_terms(f)
+  return Decomposition(on + lambda_ * off, on, on + off)
+
+
+def alignment(f1: jax.Array, f2: jax.Array) -> jax.Array:
+  """`L_align = E ‖f1 - f2‖²` over rows (the features as given). [P001 Lemma 4.1: with
+  standardised features, `L_align <= 2 √(d · L1)`, L1 of `cross_correlation_loss`.]"""
+  _layout.check_views(f1, f2)
+  return jnp.mean(jnp.sum(jnp.square(f1 - f2), axis=1))

@@ -1,0 +1,219 @@
+"""CURL losses (contrax.losses.curl) against float64 NumPy oracles written from SPEC §2."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from contrax.losses import curl
+
+M, K, D, BLOCK, C = 5, 3, 4, 2, 4
+
+
+def oracle_scores(fx, fx_pos, fx_neg):
+  v = np.zeros((fx.shape[0], fx_neg.shape[1]))
+  for m in range(fx.shape[0]):
+    for i in range(fx_neg.shape[1]):
+      v[m, i] = fx[m] @ (fx_pos[m] - fx_neg[m, i])
+  return v
+
+
+def oracle_logistic(v, base=2.0):
+  return float(np.mean([math.log(1.0 + np.sum(np.exp(-row)), base) for row in v]))
+
+
+def oracle_hinge(v):
+  return float(np.mean([max(0.0, 1.0 + np.max(-row)) for row in v]))
+
+
+def oracle_mean_classifier(features, labels, num_classes):
+  mu = np.zeros((num_classes, features.shape[1]))
+  for c in range(num_classes):
+    if np.any(labels == c):
+      mu[c] = features[labels == c].mean(0)
+  return mu
+
+
+def oracle_multiway(features, labels, tasks, mu, loss, base=2.0):
+  per_task = []
+  for task in np.atleast_2d(tasks):
+    losses = []
+    for f, c in zip(features, labels):
+      if c not in task:
+        continue
+      v = np.array([mu[c] @ f - mu[o] @ f for o in task if o != c])
+      losses.append(oracle_logistic(v[None], base) if loss == "logistic" else oracle_hinge(v[None]))
+    per_task.append(np.mean(losses) if losses else 0.0)
+  return float(np.mean(per_task))
+
+
+def fd_grad(f, *arrays, h=1e-6):
+  grads = []
+  for k, a in enumerate(arrays):
+    g = np.zeros(a.shape)
+    for idx in np.ndindex(a.shape):
+      plus = [np.array(x, np.float64) for x in arrays]
+      minus = [np.array(x, np.float64) for x in arrays]
+      plus[k][idx] += h
+      minus[k][idx] -= h
+      g[idx] = (f(*plus) - f(*minus)) / (2 * h)
+    grads.append(g)
+  return grads
+
+
+def rel_err(got, want):
+  got = np.concatenate([np.ravel(g) for g in got])
+  want = np.concatenate([np.ravel(w) for w in want])
+  return np.linalg.norm(got - want) / np.linalg.norm(want)
+
+
+def tuples(seed, scale=1.0, block=False, m=M):
+  rng = np.random.default_rng(seed)
+  f = lambda *s: (scale * rng.normal(size=s)).astype(np.float32)
+  if block:
+    return f(m, D), f(m, BLOCK, D), f(m, K, BLOCK, D)
+  return f(m, D), f(m, D), f(m, K, D)
+
+
+def test_scores_match_oracle():
+  fx, fp, fn = tuples(0)
+  np.testing.assert_allclose(np.asarray(curl.curl_scores(fx, fp, fn)),
+                             oracle_scores(fx, fp, fn), rtol=1e-5, atol=1e-6)
+
+
+def test_block_scores_are_scores_of_means():
+  fx, fp, fn = tuples(1, block=True)
+  want = oracle_scores(fx, fp.astype(np.float64).mean(1), fn.astype(np.float64).mean(2))
+  np.testing.assert_allclose(np.asarray(curl.curl_block_scores(fx, fp, fn)), want,
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("base,scale", [(2.0, 1.0), (math.e, 0.3), (10.0, 3.0)])
+def test_logistic_loss_value_and_gradient(base, scale):
+  fx, fp, fn = tuples(2, scale)
+  loss = lambda a, b, c: curl.curl_loss(a, b, c, loss="logistic", base=base)
+  oracle = lambda a, b, c: oracle_logistic(oracle_scores(a, b, c), base)
+  value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(fx, fp, fn)
+  np.testing.assert_allclose(float(value), oracle(fx, fp, fn), rtol=1e-5)
+  assert rel_err(grads, fd_grad(oracle, fx, fp, fn)) < 1e-5
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 3.0])
+def test_hinge_loss_value_and_gradient(scale):
+  fx, fp, fn = tuples(3, scale)
+  loss = lambda a, b, c: curl.curl_loss(a, b, c, loss="hinge")
+  oracle = lambda a, b, c: oracle_hinge(oracle_scores(a, b, c))
+  value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(fx, fp, fn)
+  np.testing.assert_allclose(float(value), oracle(fx, fp, fn), rtol=1e-5)
+  assert rel_err(grads, fd_grad(oracle, fx, fp, fn)) < 1e-5
+
+
+def test_block_loss_gradient():
+  fx, fp, fn = tuples(4, block=True)
+  loss = lambda a, b, c: curl.curl_loss(a, b, c)
+  oracle = lambda a, b, c: oracle_logistic(oracle_scores(a, b.mean(1), c.mean(2)))
+  value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(fx, fp, fn)
+  np.testing.assert_allclose(float(value), oracle(fx, fp, fn), rtol=1e-5)
+  assert rel_err(grads, fd_grad(oracle, fx, fp, fn)) < 1e-5
+
+
+def test_logistic_base2_is_one_at_zero_margin():
+  # Arora et al.: with k = 1 and base 2, l(0) = log2(1 + 1) = 1; hinge l(0) = 1.
+  v = jnp.zeros((3, 1))
+  assert float(curl.logistic_loss(v)) == pytest.approx(1.0, abs=1e-7)
+  assert float(curl.hinge_loss(v)) == pytest.approx(1.0, abs=1e-7)
+
+
+def test_logistic_loss_is_finite_for_large_margins():
+  v = jnp.array([[-1e4, 3.0], [1e4, 1e4]])
+  value, g = jax.value_and_grad(curl.logistic_loss)(v)
+  assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(g)))
+  np.testing.assert_allclose(float(value), (1e4 / math.log(2)) / 2, rtol=1e-6)
+
+
+def labelled(seed):
+  rng = np.random.default_rng(seed)
+  features = rng.normal(size=(9, D)).astype(np.float32)
+  labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 1])  # class 3 absent
+  return features, labels
+
+
+def test_mean_classifier_matches_oracle():
+  features, labels = labelled(5)
+  mu = np.asarray(curl.mean_classifier(features, jnp.asarray(labels), C))
+  np.testing.assert_allclose(mu, oracle_mean_classifier(features, labels, C), rtol=1e-6,
+                             atol=1e-7)
+
+
+@pytest.mark.parametrize("loss", ["logistic", "hinge"])
+@pytest.mark.parametrize("tasks", [[2, 0, 1], [[0, 1], [1, 2], [0, 3]]])
+def test_multiway_loss_value_and_gradient(loss, tasks):
+  features, labels = labelled(6)
+  mu = oracle_mean_classifier(features.astype(np.float64), labels, C).astype(np.float32)
+  tasks_arr = np.asarray(tasks)
+  ours = lambda f, m: curl.supervised_multiway_loss(f, jnp.asarray(labels), jnp.asarray(tasks_arr),
+                                                    m, loss=loss)
+  oracle = lambda f, m: oracle_multiway(f, labels, tasks_arr, m, loss)
+  value, grads = jax.value_and_grad(ours, argnums=(0, 1))(features, mu)
+  np.testing.assert_allclose(float(value), oracle(features, mu), rtol=1e-5)
+  assert rel_err(grads, fd_grad(oracle, features, mu)) < 1e-5
+
+
+def test_multiway_loss_of_perfect_features_is_small():
+  """Well-separated classes: the mean classifier's margins are large, the loss near 0."""
+  centres = 10.0 * np.eye(3, D)
+  labels = np.array([0, 1, 2] * 3)
+  features = (centres[labels] + 0.01 * np.random.default_rng(7).normal(size=(9, D))).astype(
+      np.float32)
+  mu = curl.mean_classifier(features, jnp.asarray(labels), 3)
+  assert float(curl.supervised_multiway_loss(features, jnp.asarray(labels), jnp.array([0, 1, 2]),
+                                             mu)) < 1e-6
+
+
+def test_axis_name_gives_global_means():
+  """A named vmap over shards of M (the collectives of shard_map) gives the global loss."""
+  n, m = 3, 3
+  fx, fp, fn = tuples(8, m=n * m)
+  features, labels = labelled(9)
+  labels = jnp.asarray(labels)
+  task = jnp.array([0, 1])
+  split = lambda a: a.reshape((n, m) + a.shape[1:])
+
+  def losses(fx, fp, fn, features, labels, axis_name):
+    mu = curl.mean_classifier(features, labels, C, axis_name=axis_name)
+    return (curl.curl_loss(fx, fp, fn, axis_name=axis_name), mu,
+            curl.supervised_multiway_loss(features, labels, task, mu, axis_name=axis_name))
+
+  full = losses(fx, fp, fn, features, labels, None)
+  sharded = jax.jit(jax.vmap(lambda *a: losses(*a, "d"), axis_name="d"))(
+      *(split(a) for a in (fx, fp, fn, features, labels)))
+  for want, got in zip(full, sharded):
+    for k in range(n):
+      np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda: curl.curl_scores(np.ones((3, 4)), np.ones((3, 5)), np.ones((3, 2, 4))), "fx"),
+    (lambda: curl.curl_scores(np.ones((3, 4)), np.ones((3, 4)), np.ones((3, 2, 5))), "fx_neg"),
+    (lambda: curl.curl_scores(np.ones((3, 4)), np.ones((3, 4)), np.ones((3, 4))), "fx_neg"),
+    (lambda: curl.logistic_loss(np.ones((3, 2)), base=1.0), "base"),
+    (lambda: curl.logistic_loss(np.ones((3, 2)), base=-2.0), "base"),
+    (lambda: curl.curl_loss(np.ones((3, 4)), np.ones((3, 4)), np.ones((3, 2, 4)), loss="x"),
+     "loss"),
+    (lambda: curl.mean_classifier(np.ones((3, 4)), np.array([0, 1]), 2), "labels"),
+    (lambda: curl.mean_classifier(np.ones((3, 4)), np.array([0.0, 1, 1]), 2), "labels"),
+    (lambda: curl.mean_classifier(np.ones((3, 4)), np.array([0, 1, 1]), 0), "num_classes"),
+    (lambda: curl.supervised_multiway_loss(np.ones((3, 4)), np.array([0, 1, 1]),
+                                           np.array([0, 0]), np.ones((2, 4))), "task_classes"),
+    (lambda: curl.supervised_multiway_loss(np.ones((3, 4)), np.array([0, 1, 1]),
+                                           np.array([0, 5]), np.ones((2, 4))), "task_classes"),
+    (lambda: curl.supervised_multiway_loss(np.ones((3, 4)), np.array([0, 1, 1]),
+                                           np.array([0, 1]), np.ones((2, 3))), "mu"),
+])
+def test_bad_arguments_raise(call, name):
+  with pytest.raises(ValueError, match=name):
+    call()
