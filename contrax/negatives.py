@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from contrax import _checks
+from contrax import ot as ot_lib
 from contrax.losses import _layout
 from contrax.losses.infonce import NEG_INF, check_temperature
 
@@ -77,3 +78,34 @@ def alpha_direct(z1: jax.Array, z2: jax.Array, *, p: float = 4.0, eps_alpha: flo
     log_norm = jnp.logaddexp(log_norm, math.log(eps_alpha * pairs.num_negatives))
   return jnp.exp(scores - log_norm)
 
+
+def ot(z1: jax.Array, z2: jax.Array, *, epsilon: float, marginals: str = "balanced",
+       tau: float = 0.9, cost: str = "sqeuclidean", kappa: float = 1.0,
+       num_iterations: int = 50, gradient: str = "stop",
+       axis_name: Optional[str] = None) -> jax.Array:
+  """HCL-OT weights (Jiang, Ishwar, Aeron 2023, arXiv 2111.03169): `w_ij = 2B pi^eps_ij`.
+
+  `pi^eps` is the entropic OT coupling of the in-batch cost `||z_i - z_j||^2` with uniform
+  marginals and self/positive pairs excluded (`contrax.ot.coupling`, which documents every
+  argument and the gradient modes); rows of `w` sum to 1, excluded pairs are exactly 0.
+  `marginals='semi_relaxed'` gives `hcl(beta=2t/epsilon, temperature=t)`; large epsilon gives
+  uniform weights. HCL-OT loss: `infonce(z1, z2, weights=w, tau_plus=...)`. Diagnostics
+  (marginal error, convergence): `contrax.ot.negative_weights`.
+  """
+  return ot_lib.negative_weights(
+      z1, z2, epsilon=epsilon, marginals=marginals, tau=tau, cost=cost, kappa=kappa,
+      num_iterations=num_iterations, gradient=gradient, axis_name=axis_name)[0]
+
+
+def ot_quadratic(z1: jax.Array, z2: jax.Array, *, gamma: float, cost: str = "sqeuclidean",
+                 kappa: float = 1.0, num_iterations: int = 100,
+                 axis_name: Optional[str] = None) -> jax.Array:
+  """Sparse hard-negative weights from quadratically-regularised OT (Blondel et al. 2018).
+
+  `w = 2B pi` with pi the balanced quadratic coupling of `contrax.ot.quadratic_batch_coupling`
+  (batch-size-free `gamma`: smaller is sparser and harder); easy negatives get exactly 0. No
+  gradient flows through `w`.
+  """
+  pi, _ = ot_lib.quadratic_batch_coupling(z1, z2, gamma=gamma, cost=cost, kappa=kappa,
+                                          num_iterations=num_iterations, axis_name=axis_name)
+  return ot_lib.coupling_to_weights(pi)
