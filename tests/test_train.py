@@ -1,0 +1,143 @@
+"""The training loop: config validation, resume equivalence, non-finite guard, run directory."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from contrax import train
+from contrax.train import TrainState
+
+
+def tiny_config(**overrides):
+  c = train.default_config()
+  c.steps = 6
+  c.batch_size = 32
+  c.log_every = 2
+  c.eval_every = 0
+  c.checkpoint_every = 3
+  c.num_devices = 1
+  c.progress = False
+  c.knn_k = 20
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def restored_state(workdir):
+  manager = train.checkpoint_manager(workdir)
+  return manager.restore(manager.latest_step())
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("loss", "nope", "unknown loss 'nope'"),
+    ("model", "vgg", "unknown model 'vgg'"),
+    ("augmentation", "fancy", "fancy"),
+    ("data", "imagenet", "unknown data source 'imagenet'"),
+    ("temperature", 0.0, "temperature must be"),
+    ("temperature", -1.0, "temperature must be"),
+    ("learning_rate", 0.0, "learning_rate must be"),
+    ("num_devices", 9, "num_devices must be"),
+    ("batch_size", 12, "not divisible"),
+])
+def test_bad_config_is_a_clear_error_before_compiling(tmp_path, field, value, match):
+  config = tiny_config(**{field: value})
+  if field == "batch_size":
+    config.num_devices = 8
+  with pytest.raises(ValueError, match=match):
+    train.pretrain(config, str(tmp_path))
+
+
+def test_batch_larger_than_dataset(tmp_path):
+  with pytest.raises(ValueError, match="batch_size 4096 is larger than the 1347"):
+    train.pretrain(tiny_config(batch_size=4096), str(tmp_path))
+
+
+def test_unwritable_workdir(tmp_path):
+  target = tmp_path / "file"
+  target.write_text("x")
+  with pytest.raises(ValueError, match="not writable"):
+    train.pretrain(tiny_config(), str(target / "run"))
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+  full = str(tmp_path / "full")
+  train.pretrain(tiny_config(), full)
+  cut = str(tmp_path / "cut")
+  config = tiny_config()
+  train_steps_then_stop(config, cut, stop_after=3)
+  train.pretrain(config, cut, resume=True)
+  a, b = restored_state(full), restored_state(cut)
+  assert int(a["step"]) == int(b["step"]) == 6
+  for x, y in zip(leaves(a), leaves(b)):
+    np.testing.assert_allclose(x, y, atol=1e-6, rtol=0)
+
+
+def train_steps_then_stop(config, workdir, stop_after):
+  """Run the loop but stop (like a crash) right after the checkpoint at `stop_after`."""
+  original = train._save
+  calls = []
+
+  def save_then_crash(manager, state):
+    original(manager, state)
+    calls.append(int(state.step))
+    if int(state.step) >= stop_after:
+      manager.wait_until_finished()
+      raise KeyboardInterrupt
+
+  train._save = save_then_crash
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      train.pretrain(config, workdir)
+  finally:
+    train._save = original
+  assert calls == [stop_after]
+
+
+def test_run_directory_contents(tmp_path):
+  summary = train.pretrain(tiny_config(eval_every=4), str(tmp_path))
+  for name in ("config.json", "metrics.jsonl", "summary.json", "loss.png", "accuracy.png"):
+    assert os.path.exists(tmp_path / name), name
+  saved = json.loads((tmp_path / "summary.json").read_text())
+  for key in ("knn_accuracy", "linear_accuracy", "nearest_centre_accuracy", "wall_seconds"):
+    assert key in saved and key in summary
+  steps = [r["step"] for r in train.read_metrics(str(tmp_path)) if "loss" in r]
+  assert steps == [2, 4, 6]
+
+
+def test_nonfinite_step_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
+  original = train.LOSSES["ntxent"]
+
+  def poisoned(config):
+    loss = original(config)
+
+    def f(z1, z2, *, axis_name=None):
+      return loss(z1 * jax.numpy.nan, z2, axis_name=axis_name)
+    return f
+
+  monkeypatch.setitem(train.LOSSES, "ntxent", poisoned)
+  with pytest.raises(FloatingPointError, match="step 0.*last good checkpoint: none"):
+    train.pretrain(tiny_config(), str(tmp_path))
+  manager = train.checkpoint_manager(str(tmp_path))
+  assert manager.latest_step() is None  # nothing non-finite was written
+
+
+def test_nonfinite_skip_policy_keeps_parameters_finite(tmp_path, monkeypatch):
+  original = train.LOSSES["ntxent"]
+
+  def poisoned(config):
+    loss = original(config)
+
+    def f(z1, z2, *, axis_name=None):
+      return loss(z1 * jax.numpy.nan, z2, axis_name=axis_name)
+    return f
+
+  monkeypatch.setitem(train.LOSSES, "ntxent", poisoned)
+  train.pretrain(tiny_config(on_nonfinite="skip"), str(tmp_path))
+  state = restored_state(str(tmp_path))
+  assert all(np.all(np.isfinite(x)) for x in leaves(state))
