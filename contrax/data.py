@@ -411,6 +411,7 @@ _SOURCES: dict[str, Callable[..., ImageDataset]] = {
     "tfds": _load_tfds,
 }
 _SOURCES_WITH_ARGUMENT = ("folder", "npz", "tfds")
+SOURCES = tuple(_SOURCES)  # the valid source names, for eager config checks
 
 
 def _source_options(loader: Callable) -> list[str]:
