@@ -166,7 +166,8 @@ def _check_common(epsilon, num_iterations, marginals, gradient, threshold):
 def entropic_coupling(cost: jax.Array, a: jax.Array, b: jax.Array, *, epsilon: float,
                       marginals: str = "balanced", tau: float = 0.9, num_iterations: int = 50,
                       gradient: str = "stop", threshold: float = 1e-3,
-                      keep_mask: Optional[jax.Array] = None) -> Tuple[jax.Array, Diagnostics]:
+                      keep_mask: Optional[jax.Array] = None, lse_mode: bool = True
+                      ) -> Tuple[jax.Array, Diagnostics]:
   """Entropic OT coupling of a cost matrix through ott-jax; returns `(pi, diagnostics)`.
 
       pi = argmin_{pi} <C, pi> - eps H(pi) + marginal terms,  pi_ij = exp((f_i + g_j - C_ij)/eps)
@@ -198,6 +199,11 @@ def entropic_coupling(cost: jax.Array, a: jax.Array, b: jax.Array, *, epsilon: f
     threshold: tolerance on the enforced marginal errors for the `converged` flag.
     keep_mask: optional `[n, m]` booleans; False entries get a large finite cost and exactly
       zero mass.
+    lse_mode: log-domain iterations on the potentials (default; stable at every eps).
+      False: iterations on the scalings with the kernel `exp(-C/eps)` computed once — matrix-
+      vector products instead of log-sum-exps, but in float32 the kernel underflows once
+      `C/eps > ~87` (for unit vectors C <= 4: eps below ~0.05, or ~0.25 with the exp cost),
+      which silently biases the coupling.
   """
   _check_common(epsilon, num_iterations, marginals, gradient, threshold)
   _checks.rank("cost", cost, 2)
@@ -207,7 +213,10 @@ def entropic_coupling(cost: jax.Array, a: jax.Array, b: jax.Array, *, epsilon: f
     cost = jax.lax.stop_gradient(cost)
   if keep_mask is not None:
     cost = exclude_pairs(cost, keep_mask, epsilon)
-  geom = geometry.Geometry(cost_matrix=cost, epsilon=epsilon)
+  if lse_mode:
+    geom = geometry.Geometry(cost_matrix=cost, epsilon=epsilon)
+  else:  # the kernel, computed once here (ott would re-exponentiate the cost every iteration)
+    geom = geometry.Geometry(kernel_matrix=jnp.exp(-cost / epsilon), epsilon=epsilon)
   if marginals == "semi_relaxed":
     g = jnp.zeros_like(b)
     f = geom.update_potential(jnp.zeros_like(a), g, jnp.log(a), axis=1)
@@ -217,7 +226,7 @@ def entropic_coupling(cost: jax.Array, a: jax.Array, b: jax.Array, *, epsilon: f
     tau_ab = 1.0 if marginals == "balanced" else tau
     problem = linear_problem.LinearProblem(geom, a, b, tau_a=tau_ab, tau_b=tau_ab)
     solver = sinkhorn.Sinkhorn(
-        lse_mode=True, threshold=threshold, inner_iterations=num_iterations,
+        lse_mode=lse_mode, threshold=threshold, inner_iterations=num_iterations,
         min_iterations=num_iterations, max_iterations=num_iterations,
         implicit_diff=None if gradient == "unroll" else implicit_differentiation.ImplicitDiff())
     out = solver(problem)
@@ -244,14 +253,15 @@ def _uniform_marginals(n: int, dtype) -> jax.Array:
 def coupling(z1: jax.Array, z2: jax.Array, *, epsilon: float, marginals: str = "balanced",
              tau: float = 0.9, cost: str = "sqeuclidean", kappa: float = 1.0,
              num_iterations: int = 50, gradient: str = "stop", threshold: float = 1e-3,
-             axis_name: Optional[str] = None) -> Tuple[jax.Array, Diagnostics]:
+             lse_mode: bool = True, axis_name: Optional[str] = None
+             ) -> Tuple[jax.Array, Diagnostics]:
   """In-batch entropic OT coupling (SPEC §4, [P002]); returns `(pi, diagnostics)`.
 
   `pi` has shape `[2b, 2B]`: this device's stacked anchors (local rows) × all stacked
   embeddings (global columns), uniform marginals `a = b = 1/(2B)` on the global problem, zero
   on each row's self and positive columns. See `entropic_coupling` for `epsilon`,
-  `marginals`, `tau`, `num_iterations`, `gradient` (with its numerical caveats) and
-  `threshold`; `pairwise_cost` for `cost` and `kappa`. Under `shard_map` with `axis_name`,
+  `marginals`, `tau`, `num_iterations`, `gradient` (with its numerical caveats), `threshold`
+  and `lse_mode`; `pairwise_cost` for `cost` and `kappa`. Under `shard_map` with `axis_name`,
   every device solves the global problem and keeps its rows; there, `gradient='implicit'`
   is refused (ott-jax 0.6's lineax-based backward pass fails under `shard_map`), `unroll`
   and `stop` work.
@@ -265,7 +275,7 @@ def coupling(z1: jax.Array, z2: jax.Array, *, epsilon: float, marginals: str = "
   pi, diagnostics = entropic_coupling(
       problem.cost, marginal, marginal, epsilon=epsilon, marginals=marginals, tau=tau,
       num_iterations=num_iterations, gradient=gradient, threshold=threshold,
-      keep_mask=problem.negative_mask)
+      keep_mask=problem.negative_mask, lse_mode=lse_mode)
   return _local_rows(pi, problem, axis_name), diagnostics
 
 

@@ -63,15 +63,17 @@ def oracle_weights(z1, z2, epsilon):
   return pi / pi.sum(1, keepdims=True)
 
 
-@functools.partial(jax.jit, static_argnames=("num_iterations", "cost"))
-def solve_weights(z1, z2, epsilon, num_iterations=500, cost="sqeuclidean"):
-  return ot.negative_weights(z1, z2, epsilon=epsilon, num_iterations=num_iterations, cost=cost)
+@functools.partial(jax.jit, static_argnames=("num_iterations", "cost", "lse_mode"))
+def solve_weights(z1, z2, epsilon, num_iterations=500, cost="sqeuclidean", lse_mode=True):
+  return ot.negative_weights(z1, z2, epsilon=epsilon, num_iterations=num_iterations, cost=cost,
+                             lse_mode=lse_mode)
 
 
-def test_balanced_weights_equal_float64_sinkhorn_oracle():
+@pytest.mark.parametrize("lse_mode", [True, False])
+def test_balanced_weights_equal_float64_sinkhorn_oracle(lse_mode):
   z1, z2 = views(1)
   for epsilon in (0.2, 1.0):
-    w, diag = solve_weights(z1, z2, jnp.float32(epsilon))
+    w, diag = solve_weights(z1, z2, jnp.float32(epsilon), lse_mode=lse_mode)
     # float32 weights are <= 1; 1e-6 absolute is ~10 ulps of the largest weight.
     np.testing.assert_allclose(np.asarray(w), oracle_weights(z1, z2, epsilon), atol=1e-6, rtol=0)
     assert bool(diag.converged) and float(diag.column_marginal_error) < 1e-5
