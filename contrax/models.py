@@ -243,3 +243,111 @@ def init_variables(model: nn.Module, key: jax.Array, image_shape: Sequence[int],
   # One compiled program instead of one dispatch per initialiser op (much faster on CPU).
   variables = jax.jit(lambda key, images: model.init(key, images, train=False))(key, images)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+# --- Over-parameterised ReLU encoders for the NTK / convergence studies (SPEC §7, [P000]) ---
+#
+# Both take vectors `[n, d_in]` (trailing dimensions are flattened; no image normalisation:
+# theory inputs are points on the sphere) and return `[n, out_dim]` outputs (float32; float64
+# for float64 inputs, which the NTK tests use). Each trained layer is a bare kernel
+# `params['W<l>']` acting as `y = u @ W`; outside `init` the layer sows `u` into
+# 'intermediates' and perturbs `y` under 'perturbations' with the same name, which is the
+# contract `contrax.ntk.layerwise_ntk` relies on.
+
+
+def _check_widths(width: int, depth: int, out_dim: int) -> None:
+  _checks.positive_int("width", width)
+  _checks.positive_int("depth", depth)
+  _checks.positive_int("out_dim", out_dim)
+
+
+def _as_vectors(x: jax.Array) -> jax.Array:
+  """`[n, ...] -> [n, d_in]` in floating point (float32 unless x is already float64)."""
+  x = jnp.asarray(x)
+  if x.ndim < 2:
+    raise ValueError(f"x must have shape [n, d_in, ...], got shape {x.shape}")
+  return jnp.reshape(x.astype(jnp.result_type(x.dtype, jnp.float32)), (x.shape[0], -1))
+
+
+def _ntk_dense(module: nn.Module, name: str, u: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`u @ kernel`, exposing `u` and the pre-activation to the layer-wise NTK."""
+  module.sow("intermediates", name, u)
+  y = u @ kernel
+  if not module.is_initializing():
+    y = module.perturb(name, y)
+  return y
+
+
+class NTKMLP(nn.Module):
+  """Deep ReLU MLP in NTK parameterisation (Jacot et al. 2018; SPEC §7, [P000]).
+
+  With `h_0 = x`, `L = depth` hidden layers of width `m = width` and weights `W_l ~ N(0, 1)`:
+
+      h_l = relu(σ_w / √fan_in(l) · h_{l-1} W_l),   l = 1..L
+      f(x) = σ_out / √m · h_L W_{L+1}                (W_{L+1}: m x out_dim)
+
+  All L + 1 kernels (`params['W1'] .. params['W<L+1>']`) are trained. σ_w = √2 keeps the
+  forward norm `‖h_l‖² / fan` ≈ `‖x‖² / d_in` at every depth (He scaling); under gradient
+  descent with a width-independent step each weight moves O(1/√m) (the lazy regime).
+  """
+  width: int
+  depth: int
+  out_dim: int
+  sigma_w: float = 2.0 ** 0.5
+  sigma_out: float = 1.0
+
+  def __post_init__(self):
+    _check_widths(self.width, self.depth, self.out_dim)
+    _checks.positive("sigma_w", self.sigma_w)
+    _checks.positive("sigma_out", self.sigma_out)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = _as_vectors(x)
+    sizes = [self.width] * self.depth + [self.out_dim]
+    for l, fan_out in enumerate(sizes, start=1):
+      fan_in = h.shape[-1]
+      kernel = self.param(f"W{l}", nn.initializers.normal(1.0), (fan_in, fan_out))
+      sigma = self.sigma_w if l <= self.depth else self.sigma_out
+      y = _ntk_dense(self, f"W{l}", h * (sigma / fan_in ** 0.5), kernel)
+      h = nn.relu(y) if l <= self.depth else y
+    return h
+
+
+class AllenZhuMLP(nn.Module):
+  """Deep ReLU MLP in the standard parameterisation of Allen-Zhu, Li & Song (2019) [P000].
+
+      h_0 = relu(x A),   h_l = relu(h_{l-1} W_l) (l = 1..L),   f(x) = h_L B
+
+  with `A ~ N(0, 2/m)` (d_in x m), `W_l ~ N(0, 2/m)` (m x m), `B ~ N(0, 1/out_dim)`
+  (m x out_dim). Only the L = `depth` hidden kernels `params['W1'] .. params['W<L>']` are
+  trained; A and B are fixed and live in the separate 'frozen' collection, so gradient
+  descent and the NTK act on `variables['params']` alone. Under gradient descent the step
+  has to shrink like 1/m for the dynamics to stay width-independent.
+  """
+  width: int
+  depth: int
+  out_dim: int
+
+  def __post_init__(self):
+    _check_widths(self.width, self.depth, self.out_dim)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = _as_vectors(x)
+    m = self.width
+    first = self.variable(
+        "frozen", "A",
+        lambda: nn.initializers.normal((2.0 / m) ** 0.5)(self.make_rng("params"),
+                                                           (h.shape[-1], m)))
+    h = nn.relu(h @ first.value)
+    for l in range(1, self.depth + 1):
+      kernel = self.param(f"W{l}", nn.initializers.normal((2.0 / m) ** 0.5), (m, m))
+      h = nn.relu(_ntk_dense(self, f"W{l}", h, kernel))
+    last = self.variable(
+        "frozen", "B",
+        lambda: nn.initializers.normal((1.0 / self.out_dim) ** 0.5)(self.make_rng("params"),
+                                                                      (m, self.out_dim)))
+    return h @ last.value
