@@ -20,9 +20,19 @@ NORM_EPS = 1e-12
 
 
 def l2_normalize(z: jax.Array, axis: int = -1) -> jax.Array:
-  """`z / max(‖z‖, 1e-12)`, with a finite gradient at the zero vector."""
-  sq = jnp.sum(jnp.square(z), axis=axis, keepdims=True)
-  return z * jax.lax.rsqrt(jnp.maximum(sq, NORM_EPS**2))
+  """`z / max(‖z‖, 1e-12)`, with a finite gradient at the zero vector and for every finite z.
+
+  Computed as `y / max(‖y‖, 1e-12 / s)` with `y = z / s`, `s = clip(max_k |z_k|, 1e-12, 2¹²⁶)`
+  (treated as a constant: the identity holds for every s > 0, so the gradient is exact), so
+  that `‖z‖²` cannot overflow for large entries (|z_k| > 1e19 in float32). The cap keeps
+  1/s a normal float32 (XLA divides by multiplying with the reciprocal and flushes
+  subnormals to zero).
+  """
+  max_abs = jnp.max(jnp.abs(z), axis=axis, keepdims=True)
+  scale = jax.lax.stop_gradient(jnp.clip(max_abs, NORM_EPS, 2.0**126))
+  y = z / scale
+  sq = jnp.sum(jnp.square(y), axis=axis, keepdims=True)
+  return y * jax.lax.rsqrt(jnp.maximum(sq, jnp.square(NORM_EPS / scale)))
 
 
 class Pairs(NamedTuple):

@@ -37,17 +37,26 @@ def standardize(z: jax.Array, *, eps: float = 0.0, axis_name: Optional[str] = No
   The variance is the biased one (divided by the batch size B), as in `BatchNorm1d(affine=
   False)` in training mode, which the official Barlow Twins code applies. With `eps = 0` a
   constant dimension is left at 0 rather than divided by zero.
+
+  Each centred column c is first divided by the constant `s = max_rows |c|` (a pmax over
+  `axis_name`; clipped to the normal float range): `c / sqrt(mean c² + eps) = c' / sqrt(mean c'² + eps / s²)` with `c' = c / s`,
+  so a nearly constant or a huge column neither under- nor overflows, and the gradient stays
+  finite for every finite input.
   """
   _checks.rank("z", z, 2)
   eps = _checks.non_negative("eps", eps)
   n = _global_batch(z.shape[0], axis_name)
-  mean = _batch_sum(z, axis_name) / n
-  centred = z - mean
-  var = _batch_sum(jnp.square(centred), axis_name) / n
+  centred = z - _batch_sum(z, axis_name) / n
+  scale = jax.lax.stop_gradient(jnp.max(jnp.abs(centred), axis=0))
+  if axis_name is not None:
+    scale = jax.lax.pmax(scale, axis_name)
+  scale = jnp.clip(scale, jnp.finfo(z.dtype).tiny, 2.0**126)  # 1/scale stays a normal float
+  unit = centred / scale
+  var = _batch_sum(jnp.square(unit), axis_name) / n
   if eps > 0:
-    return centred * jax.lax.rsqrt(var + eps)
+    return unit * jax.lax.rsqrt(var + eps / jnp.square(scale))
   safe = var > 0
-  return jnp.where(safe, centred * jax.lax.rsqrt(jnp.where(safe, var, 1.0)), 0.0)
+  return jnp.where(safe, unit * jax.lax.rsqrt(jnp.where(safe, var, 1.0)), 0.0)
 
 
 def cross_correlation(z1: jax.Array, z2: jax.Array, *, eps: float = 0.0,
