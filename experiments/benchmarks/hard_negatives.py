@@ -36,9 +36,9 @@ Result of that run (preliminary: the load made single timings vary by 2-3x; mini
                    log mode); max |pi - pi_POT| = 4e-11 (entries up to 3e-5)
 
 The 1.3x target is met per *training step* (the encoder dominates) but not for the loss in
-isolation: NT-Xent's forward + backward is about three exp passes over the 2B x 2B logits, and
-each Sinkhorn iteration in the log domain adds two more, so k iterations cost ~(3 + 2k)/3x.
-Five iterations already give a column marginal error of ~1e-5 at eps = 0.7 (the default
+isolation: NT-Xent's forward + backward is a few elementwise passes over the 2B x 2B logits,
+and each log-domain Sinkhorn iteration adds two log-sum-exp passes over a matrix of the same
+size, measured at 0.2-0.4x of a whole NT-Xent step per iteration. Five iterations already give a column marginal error of ~1e-5 at eps = 0.7 (the default
 10 reach float32 rounding). What would close the gap: fewer iterations; scaling-domain
 iterations as two matrix-vector products each with the kernel exponentiated once (ott 0.6's
 kernel mode raises the whole kernel to a power at every access -- `kernel ** (eps/eps_t)` in
