@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from contrax import _checks, augment, data, evaluate, models, negatives, parallel, plotting
 from contrax.losses import _layout
+from contrax.losses import alpha_cl
 from contrax.losses.infonce import check_tau_plus, check_temperature, infonce
 
 LossFn = Callable[..., jax.Array]  # (z1, z2, *, axis_name) -> scalar
@@ -52,6 +53,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.temperature = 0.5
   c.tau_plus = 0.1       # debiased, hcl
   c.hcl_beta = 1.0       # hcl
+  c.alpha_p = 4.0        # alpha_direct: exponent p of α_ij ∝ exp(-(d²_ij)^{p/2}/t) (SPEC §6)
+  c.alpha_eps = 0.0      # alpha_direct: ε_α in the normaliser Σ_k exp(...) + ε_α N
+  c.alpha_power = 1.0    # alpha_inverse_power: k in α_ij ∝ (d²_ij + t')^{-k}
+  c.alpha_offset = 1.0   # alpha_inverse_power: t' > 0
   c.batch_size = 256
   c.steps = 1500
   c.optimizer = "adamw"
@@ -79,6 +84,29 @@ def _hcl_loss(c):
   return loss
 
 
+def _alpha_loss(c, kind: str):
+  """α-CL [P004] (SPEC §6): α from the min player's closed form on *detached* embeddings,
+  then the surrogate `mean_i Σ_j sg(α_ij)(d²_i - d²_ij)` (`alpha_cl.alpha_surrogate`)."""
+  t = check_temperature(c.temperature)
+  if kind == "direct":
+    weights = functools.partial(negatives.alpha_direct, temperature=t,
+                                p=_checks.positive("alpha_p", c.alpha_p),
+                                eps_alpha=_checks.non_negative("alpha_eps", c.alpha_eps))
+  elif kind == "inverse_power":
+    weights = functools.partial(alpha_cl.inverse_power,
+                                power=_checks.positive("alpha_power", c.alpha_power),
+                                offset=_checks.positive("alpha_offset", c.alpha_offset))
+  else:
+    weights = functools.partial({"sparsemax": alpha_cl.sparsemax, "entropy": alpha_cl.entropy}[kind],
+                                temperature=t)
+
+  def loss(z1, z2, *, axis_name=None):
+    sg = jax.lax.stop_gradient
+    alpha = sg(weights(sg(z1), sg(z2), axis_name=axis_name))
+    return alpha_cl.alpha_surrogate(z1, z2, alpha, axis_name=axis_name)
+  return loss
+
+
 # name -> builder(config) -> loss(z1, z2, *, axis_name). Builders validate hyper-parameters
 # eagerly, so a bad config fails before anything is compiled.
 LOSSES: dict[str, Callable[[ml_collections.ConfigDict], LossFn]] = {
@@ -88,6 +116,10 @@ LOSSES: dict[str, Callable[[ml_collections.ConfigDict], LossFn]] = {
     "decoupled": lambda c: functools.partial(infonce, temperature=check_temperature(c.temperature),
                                              decoupled=True),
     "hcl": _hcl_loss,
+    "alpha_direct": functools.partial(_alpha_loss, kind="direct"),
+    "alpha_inverse_power": functools.partial(_alpha_loss, kind="inverse_power"),
+    "alpha_sparsemax": functools.partial(_alpha_loss, kind="sparsemax"),
+    "alpha_entropy": functools.partial(_alpha_loss, kind="entropy"),
 }
 
 
