@@ -110,17 +110,19 @@ def test_run_directory_contents(tmp_path):
   assert steps == [2, 4, 6]
 
 
-def test_nonfinite_step_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
+def poison_ntxent(monkeypatch):
+  """Make the 'ntxent' loss return NaN (its input is multiplied by NaN)."""
   original = train.LOSSES["ntxent"]
 
   def poisoned(config):
     loss = original(config)
-
-    def f(z1, z2, *, axis_name=None):
-      return loss(z1 * jax.numpy.nan, z2, axis_name=axis_name)
-    return f
+    return lambda z1, z2, *, axis_name=None: loss(z1 * jax.numpy.nan, z2, axis_name=axis_name)
 
   monkeypatch.setitem(train.LOSSES, "ntxent", poisoned)
+
+
+def test_nonfinite_step_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
+  poison_ntxent(monkeypatch)
   with pytest.raises(FloatingPointError, match="step 0.*last good checkpoint: none"):
     train.pretrain(tiny_config(), str(tmp_path))
   manager = train.checkpoint_manager(str(tmp_path))
@@ -128,16 +130,7 @@ def test_nonfinite_step_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
 
 
 def test_nonfinite_skip_policy_keeps_parameters_finite(tmp_path, monkeypatch):
-  original = train.LOSSES["ntxent"]
-
-  def poisoned(config):
-    loss = original(config)
-
-    def f(z1, z2, *, axis_name=None):
-      return loss(z1 * jax.numpy.nan, z2, axis_name=axis_name)
-    return f
-
-  monkeypatch.setitem(train.LOSSES, "ntxent", poisoned)
+  poison_ntxent(monkeypatch)
   train.pretrain(tiny_config(on_nonfinite="skip"), str(tmp_path))
   state = restored_state(str(tmp_path))
   assert all(np.all(np.isfinite(x)) for x in leaves(state))
