@@ -53,6 +53,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.temperature = 0.5
   c.tau_plus = 0.1       # debiased, hcl
   c.hcl_beta = 1.0       # hcl
+  c.ot_epsilon = 0.7     # hcl_ot: absolute entropic regularisation (SPEC §4)
+  c.ot_iterations = 10   # hcl_ot: fixed Sinkhorn iterations; quadratic_ot: L-BFGS iterations
+  c.ot_gamma = 0.1       # quadratic_ot: batch-size-free quadratic regularisation
   c.alpha_p = 4.0        # alpha_direct: exponent p of α_ij ∝ exp(-(d²_ij)^{p/2}/t) (SPEC §6)
   c.alpha_eps = 0.0      # alpha_direct: ε_α in the normaliser Σ_k exp(...) + ε_α N
   c.alpha_power = 1.0    # alpha_inverse_power: k in α_ij ∝ (d²_ij + t')^{-k}
@@ -80,6 +83,23 @@ def _hcl_loss(c):
 
   def loss(z1, z2, *, axis_name=None):
     w = jax.lax.stop_gradient(negatives.hcl(z1, z2, beta=beta, temperature=t, axis_name=axis_name))
+    return infonce(z1, z2, temperature=t, weights=w, tau_plus=tau, axis_name=axis_name)
+  return loss
+
+
+def _ot_loss(c, quadratic: bool = False):
+  """HCL-OT [P002]: weights from a balanced entropic (or quadratic) OT coupling, constant."""
+  t, tau = check_temperature(c.temperature), check_tau_plus(c.tau_plus)
+  iterations = _checks.positive_int("ot_iterations", c.ot_iterations)
+  if quadratic:
+    gamma = _checks.positive("ot_gamma", c.ot_gamma)
+    weights = functools.partial(negatives.ot_quadratic, gamma=gamma, num_iterations=iterations)
+  else:
+    epsilon = _checks.positive("ot_epsilon", c.ot_epsilon)
+    weights = functools.partial(negatives.ot, epsilon=epsilon, num_iterations=iterations)
+
+  def loss(z1, z2, *, axis_name=None):
+    w = jax.lax.stop_gradient(weights(z1, z2, axis_name=axis_name))
     return infonce(z1, z2, temperature=t, weights=w, tau_plus=tau, axis_name=axis_name)
   return loss
 
@@ -120,6 +140,8 @@ LOSSES: dict[str, Callable[[ml_collections.ConfigDict], LossFn]] = {
     "alpha_inverse_power": functools.partial(_alpha_loss, kind="inverse_power"),
     "alpha_sparsemax": functools.partial(_alpha_loss, kind="sparsemax"),
     "alpha_entropy": functools.partial(_alpha_loss, kind="entropy"),
+    "hcl_ot": _ot_loss,
+    "quadratic_ot": functools.partial(_ot_loss, quadratic=True),
 }
 
 
