@@ -1,0 +1,238 @@
+"""Hard negatives by regularised optimal transport [P002] against SimCLR, DCL and HCL (SPEC §1, §4).
+
+Methods (one InfoNCE, different negative weights; every weighting is a constant for the
+encoder, as in the official code), all with the same data, encoder, augmentation, optimiser,
+batch and number of steps:
+
+    simclr        uniform weights, tau_plus = 0 (NT-Xent)
+    debiased      uniform weights, tau_plus (Chuang et al. 2020)
+    hcl           softmax_j(beta s_ij / t), tau_plus (Robinson et al. 2021)
+    hcl_ot_eps<e> w = 2B pi^eps, balanced entropic OT coupling, tau_plus (Jiang et al. 2023)
+    quadratic_ot  w = 2B pi, sparse quadratically-regularised OT coupling, tau_plus
+
+each for `seeds` (>= 3) seeds, via `contrax.train.pretrain` (loss names ntxent, debiased, hcl,
+hcl_ot, quadratic_ot of `train.LOSSES`). After training: kNN and linear-probe test accuracy
+(mean ± std over seeds) and a hardness diagnostic. Hardness: on two augmented views of
+`diagnostic_images` test images embedded by the trained model (projection head output), the
+mean cosine similarity of an anchor's negatives under the method's own weights,
+`mean_i sum_j w_ij s_ij`, against the uniform mean `mean_i mean_j s_ij`; their difference
+("excess similarity", 0 for the uniform methods) says how much harder than uniform the
+weighted negatives are.
+
+Command (every config field is a flag, e.g. `--steps 400 --seeds 0,1,2,3,4`):
+
+    python experiments/hard_negatives.py
+
+Longer setting (CIFAR-10 image-folder subset, ConvNet; see the budget note in the result):
+
+    python experiments/hard_negatives.py --data folder:../shared/data/cifar10-train-10k \\
+        --model convnet --augmentation simclr --steps 2000 --batch_size 256
+
+Writes runs/hard_negatives/ (or --workdir): one run directory per (method, seed) from
+`train.pretrain` (skipped if its summary.json exists, so an interrupted study resumes),
+config.json, results.json, results.md (the table), accuracy_vs_hardness.png, summary.json.
+
+Runtime and result of the default command: see the end of this docstring once measured.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from contrax import augment, data, models, negatives, parallel, train
+from contrax import config as config_lib
+from contrax.losses import _layout
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = train.default_config()
+  c.name = "hard_negatives"
+  c.steps = 200
+  c.batch_size = 256  # 2B = 512 stacked embeddings, the official runs' size
+  c.log_every = 50
+  c.eval_every = 0
+  c.checkpoint_every = 0
+  c.progress = False
+  c.tau_plus = 0.1  # every debiased method (HCL's default)
+  c.hcl_beta = 1.0
+  c.ot_epsilons = (0.3, 0.7, 2.0)
+  c.ot_iterations = 10
+  c.ot_gamma = 0.1
+  c.seeds = (0, 1, 2)
+  c.diagnostic_images = 256
+  return c
+
+
+def methods(config) -> dict:
+  """Method name -> config overrides for `train.pretrain`."""
+  named = {"simclr": dict(loss="ntxent"), "debiased": dict(loss="debiased"),
+           "hcl": dict(loss="hcl")}
+  for eps in config.ot_epsilons:
+    named[f"hcl_ot_eps{eps:g}"] = dict(loss="hcl_ot", ot_epsilon=float(eps))
+  named["quadratic_ot"] = dict(loss="quadratic_ot")
+  return named
+
+
+def method_weights(config, overrides: dict):
+  """The weighting a method's loss uses, as `weights(z1, z2) -> w`."""
+  loss = overrides["loss"]
+  if loss in ("ntxent", "debiased"):
+    return negatives.uniform
+  if loss == "hcl":
+    return lambda z1, z2: negatives.hcl(z1, z2, beta=config.hcl_beta,
+                                        temperature=config.temperature)
+  if loss == "hcl_ot":
+    return lambda z1, z2: negatives.ot(z1, z2, epsilon=overrides["ot_epsilon"],
+                                       num_iterations=config.ot_iterations)
+  return lambda z1, z2: negatives.ot_quadratic(z1, z2, gamma=config.ot_gamma,
+                                               num_iterations=config.ot_iterations)
+
+
+def run_config(config, overrides: dict, seed: int) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(train.default_config().to_dict())
+  for key in c.keys():
+    if key in config:
+      c[key] = config[key]
+  c.update(overrides)
+  c.seed = seed
+  return c
+
+
+def trained_variables(run: ml_collections.ConfigDict, workdir: str, image_shape):
+  """The final parameters and BN statistics of a finished `train.pretrain` run."""
+  model = models.create(run.model, projection_dim=run.projection_dim,
+                        bn_axis_name=parallel.DATA_AXIS)
+  state = train.init_state(model, train.make_optimizer(run), jax.random.key(0), image_shape)
+  state = train._restore(train.checkpoint_manager(workdir), state)  # pylint: disable=protected-access
+  return model, state.variables()
+
+
+def hardness(config, run, workdir: str, dataset, weights_fn) -> dict:
+  """Mean similarity of the weighted negatives vs the uniform mean, on test-image views."""
+  model, variables = trained_variables(run, workdir, dataset.train.image_shape)
+  n = min(config.diagnostic_images, len(dataset.test))
+  images, _ = dataset.test[np.arange(n)]
+
+  @jax.jit
+  def measure(variables, images):
+    view1, view2 = augment.two_views(run.augmentation, jax.random.key(run.seed + 10_000),
+                                     images, jnp.arange(n))
+    _, z = model.apply(variables, jnp.concatenate([view1, view2]), train=False)
+    z1, z2 = jnp.split(z, 2)
+    pairs = _layout.stacked_pairs(z1, z2)
+    sims = pairs.rows @ pairs.cols.T
+    mask = pairs.negative_mask
+    w = weights_fn(z1, z2)
+    weighted = jnp.mean(jnp.sum(jnp.where(mask, w * sims, 0.0), axis=1))
+    uniform = jnp.mean(jnp.sum(jnp.where(mask, sims, 0.0), axis=1) / pairs.num_negatives)
+    return weighted, uniform
+
+  weighted, uniform = measure(variables, jnp.asarray(images))
+  return dict(weighted_similarity=float(weighted), uniform_similarity=float(uniform),
+              excess_similarity=float(weighted - uniform))
+
+
+def mean_std(values) -> tuple[float, float]:
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def aggregate(records: list[dict]) -> dict:
+  by_method = {}
+  for r in records:
+    by_method.setdefault(r["method"], []).append(r)
+  out = {}
+  for method, rs in by_method.items():
+    out[method] = {key: mean_std([r[key] for r in rs])
+                   for key in ("knn_accuracy", "linear_accuracy", "excess_similarity",
+                               "weighted_similarity", "uniform_similarity")}
+    out[method]["seeds"] = len(rs)
+  return out
+
+
+def table(stats: dict, config) -> str:
+  lines = [f"{config.data}, {config.model}, {config.steps} steps of batch {config.batch_size} "
+           f"(2B = {2 * config.batch_size}), t = {config.temperature}, tau+ = {config.tau_plus}; "
+           "mean ± std over seeds", "",
+           "| method | seeds | kNN acc. | linear acc. | mean sim. of weighted negatives | "
+           "uniform | excess |", "|---|---|---|---|---|---|---|"]
+  for method, s in stats.items():
+    fmt = lambda key, d=3: f"{s[key][0]:.{d}f} ± {s[key][1]:.{d}f}"  # noqa: E731
+    lines.append(f"| {method} | {s['seeds']} | {fmt('knn_accuracy')} | {fmt('linear_accuracy')} "
+                 f"| {fmt('weighted_similarity')} | {fmt('uniform_similarity')} | "
+                 f"{fmt('excess_similarity')} |")
+  return "\n".join(lines)
+
+
+def plot(stats: dict, path: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+  for ax, key, title in zip(axes, ("knn_accuracy", "linear_accuracy"), ("kNN", "linear probe")):
+    for method, s in stats.items():
+      ax.errorbar(s["excess_similarity"][0], s[key][0], xerr=s["excess_similarity"][1],
+                  yerr=s[key][1], fmt="o", capsize=3, label=method)
+    ax.set_xlabel("hardness: excess similarity of weighted negatives")
+    ax.set_ylabel(f"{title} test accuracy")
+    ax.set_title(title)
+  axes[1].legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config.to_dict(), f, indent=2)
+  start = time.time()
+  records = []
+  for method, overrides in methods(config).items():
+    weights_fn = method_weights(config, overrides)
+    for seed in config.seeds:
+      run_cfg = run_config(config, overrides, seed)
+      run_dir = os.path.join(workdir, "runs", f"{method}_seed{seed}")
+      summary_path = os.path.join(run_dir, "summary.json")
+      if os.path.exists(summary_path):
+        with open(summary_path) as f:
+          summary = json.load(f)
+      else:
+        summary = train.pretrain(run_cfg, run_dir)
+      dataset = data.load(run_cfg.data, seed=seed)
+      record = dict(method=method, seed=seed, knn_accuracy=summary["knn_accuracy"],
+                    linear_accuracy=summary["linear_accuracy"],
+                    wall_seconds=summary["wall_seconds"],
+                    **hardness(config, run_cfg, run_dir, dataset, weights_fn))
+      records.append(record)
+      print(json.dumps(record), flush=True)
+      with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(records, f, indent=2)
+  stats = aggregate(records)
+  text = table(stats, config)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(text + "\n")
+  plot(stats, os.path.join(workdir, "accuracy_vs_hardness.png"))
+  summary = dict(stats=stats, wall_seconds=time.time() - start)
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  print(text)
+  return summary
+
+
+def main(argv=None) -> dict:
+  config, args = config_lib.parse(get_config(), argv, description=__doc__)
+  return run(config, args.workdir or os.path.join("runs", config.name))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
