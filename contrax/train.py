@@ -72,6 +72,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_every = 500     # kNN on the test split during training; 0 disables
   c.checkpoint_every = 500
   c.on_nonfinite = "stop"  # or "skip": drop the update of a step whose loss/gradients are not finite
+  c.on_bad_file = "skip"   # folder data: skip unreadable/non-image files (reported), or "raise"
   c.knn_k = 200
   c.progress = True
   return c
@@ -203,8 +204,9 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss_fn: Los
   """Return `step(state, images) -> (state, metrics)`, jitted and sharded over `mesh`.
 
   `images` is the uint8 global batch sharded over the data axis. A step whose loss or
-  gradients are not finite leaves parameters and optimiser state unchanged and reports
-  `finite = False` (the caller decides whether to stop or go on).
+  gradients, or whose updated parameters or optimiser state (an overflowing update), are not
+  finite leaves parameters and optimiser state unchanged and reports `finite = False` (the
+  caller decides whether to stop or go on), so non-finite values never reach the state.
   """
   axis = parallel.DATA_AXIS
   base_key = jax.random.key(seed)
@@ -225,7 +227,8 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss_fn: Los
     (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & _all_finite(grads)
+    finite = (jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
+              & _all_finite(opt_state))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa
     new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
                            batch_stats=keep(batch_stats, state.batch_stats),
@@ -253,6 +256,14 @@ def _check_workdir(workdir: str) -> str:
   return workdir
 
 
+class ConfigError(ValueError):
+  """A run that cannot start: a bad config, output directory or data set.
+
+  `pretrain` raises it (with the underlying error as `__cause__`) before anything is
+  compiled; the experiment CLI prints it as one `error: ...` line and exits with status 2.
+  """
+
+
 def validate_config(config: ml_collections.ConfigDict):
   """Check every name and number of a config before any data loading or compilation."""
   _checks.choice("data source", config.data.split(":", 1)[0], data.SOURCES)
@@ -262,6 +273,7 @@ def validate_config(config: ml_collections.ConfigDict):
   optimizer = make_optimizer(config)
   _checks.positive_int("batch_size", config.batch_size)
   _checks.choice("on_nonfinite", config.on_nonfinite, ("stop", "skip"))
+  _checks.choice("on_bad_file", config.get("on_bad_file", "skip"), ("skip", "raise"))
   mesh = parallel.make_mesh(config.num_devices or None)
   parallel.check_global_batch(config.batch_size, mesh)
   return augmentation, loss_fn, optimizer, mesh
@@ -273,8 +285,15 @@ class _MetricsLog:
   def __init__(self, path: str, start_step: int, enabled: bool):
     self.path, self.enabled = path, enabled
     if enabled and os.path.exists(path):
+      kept = []
       with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
+        for line in f:
+          try:
+            record = json.loads(line)
+          except ValueError:  # a line torn by a crash mid-write: its step is redone
+            continue
+          if record["step"] <= start_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
       with open(path, "w") as f:
         f.writelines(kept)
 
@@ -313,8 +332,13 @@ def plot_metrics(workdir: str) -> list[str]:
 
 
 def checkpoint_manager(workdir: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
-  """orbax manager under `workdir/checkpoints`; writes are atomic (temp dir, then rename)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  """orbax manager under `workdir/checkpoints`; writes are atomic (temp dir, then rename).
+
+  A write cut short by a crash leaves only its temporary directory, which `latest_step` never
+  returns and which the next manager on this directory deletes.
+  """
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                         cleanup_tmp_directories=True)
   return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
 
 
@@ -338,14 +362,19 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
   kNN / linear-probe / nearest-centre accuracies and wall time), checkpoints/.
   """
   start_time = time.time()
-  augmentation, loss_fn, optimizer, mesh = validate_config(config)
-  workdir = _check_workdir(workdir)
+  try:  # every check a user can act on, before anything is compiled
+    augmentation, loss_fn, optimizer, mesh = validate_config(config)
+    workdir = _check_workdir(workdir)
+    options = ({"on_bad_file": config.get("on_bad_file", "skip")}
+               if config.data.startswith("folder:") else {})
+    dataset = data.load(config.data, seed=config.seed, **options)
+    train_split = dataset.train
+    if config.batch_size > len(train_split):
+      raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_split)} "
+                       f"training images of {config.data!r}")
+  except (ValueError, TypeError, OSError) as e:
+    raise ConfigError(str(e)) from e
   is_chief = jax.process_index() == 0
-  dataset = data.load(config.data, seed=config.seed)
-  train_split = dataset.train
-  if config.batch_size > len(train_split):
-    raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_split)} "
-                     f"training images of {config.data!r}")
   if is_chief:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(config.to_dict(), f, indent=2)
@@ -380,11 +409,13 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
     images, _ = next(batch_iter)
     state, metrics = step_fn(state, parallel.shard_host_batch(images, mesh))
     if not bool(metrics["finite"]):
-      message = (f"non-finite loss or gradients at step {step} (loss={float(metrics['loss'])}); "
+      message = (f"non-finite loss, gradients or update at step {step} "
+                 f"(loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])}); "
                  f"the update was not applied")
       if config.on_nonfinite == "stop":
         ckpt = (f"{workdir}/checkpoints/{last_good}" if last_good is not None else "none")
         bar.close()
+        manager.wait_until_finished()  # the checkpoint named in the message is committed
         raise FloatingPointError(f"{message}; last good checkpoint: {ckpt}")
       tqdm.write(f"warning: {message}; skipping (on_nonfinite='skip')")
     done = step + 1

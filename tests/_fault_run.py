@@ -1,0 +1,86 @@
+"""Run `experiments/pretrain.py` as a subprocess with injected faults (for tests/test_reliability.py).
+
+    python tests/_fault_run.py [pretrain flags...]
+
+The command line is the CLI's, unchanged; the faults are chosen by environment variables:
+
+  CONTRAX_KILL_AFTER_STEP=k   SIGKILL this process (no cleanup, no flush: a crash) right after
+                              the metrics record of step k is written, once at least one
+                              checkpoint is committed (its directory renamed to its step number).
+  CONTRAX_HANG_IN_SAVE_AT=s   at the checkpoint of step s, start an orbax save padded with a
+                              large random array (so the write takes a while), print
+                              "CHECKPOINT WRITE IN FLIGHT" and block: the test kills the process
+                              while orbax is still writing to its temporary directory.
+  CONTRAX_SKIP_FINAL_EVAL=1   replace the final evaluation (kNN / linear probe, which reads but
+                              never changes the parameters) by a stub, to keep the tests short.
+"""
+from __future__ import annotations
+
+import os
+import runpy
+import signal
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import flax  # noqa: E402
+import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+
+from contrax import evaluate, train  # noqa: E402
+
+PADDING_FLOATS = 48 * 2**20  # 192 MiB of float32 noise: orbax needs a while to write it
+
+
+def committed_steps(checkpoint_dir: str) -> list[int]:
+  """Steps whose orbax directory is committed (renamed from its temporary name)."""
+  if not os.path.isdir(checkpoint_dir):
+    return []
+  return sorted(int(n) for n in os.listdir(checkpoint_dir) if n.isdigit())
+
+
+def kill_after_step(kill_step: int) -> None:
+  original = train._MetricsLog.write
+
+  def write(self, record):
+    original(self, record)
+    if record.get("step") == kill_step and "loss" in record:
+      checkpoints = os.path.join(os.path.dirname(self.path), "checkpoints")
+      deadline = time.time() + 120
+      while not committed_steps(checkpoints) and time.time() < deadline:
+        time.sleep(0.01)
+      os.kill(os.getpid(), signal.SIGKILL)
+
+  train._MetricsLog.write = write
+
+
+def hang_in_save(hang_step: int) -> None:
+  original = train._save
+
+  def save(manager, state):
+    if int(state.step) != hang_step:
+      return original(manager, state)
+    padded = flax.serialization.to_state_dict(state)
+    padded["padding"] = np.random.default_rng(0).standard_normal(PADDING_FLOATS, np.float32)
+    manager.save(hang_step, args=ocp.args.StandardSave(padded), force=True)
+    print("CHECKPOINT WRITE IN FLIGHT", flush=True)
+    time.sleep(3600)
+
+  train._save = save
+
+
+def main() -> None:
+  if "CONTRAX_KILL_AFTER_STEP" in os.environ:
+    kill_after_step(int(os.environ["CONTRAX_KILL_AFTER_STEP"]))
+  if "CONTRAX_HANG_IN_SAVE_AT" in os.environ:
+    hang_in_save(int(os.environ["CONTRAX_HANG_IN_SAVE_AT"]))
+  if os.environ.get("CONTRAX_SKIP_FINAL_EVAL") == "1":
+    evaluate.evaluate_all = lambda *args, **kwargs: {"knn_accuracy": -1.0}
+  sys.argv = [os.path.join(ROOT, "experiments", "pretrain.py")] + sys.argv[1:]
+  runpy.run_path(sys.argv[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+  main()
