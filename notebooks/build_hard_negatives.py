@@ -1,0 +1,104 @@
+"""Writes notebooks/hard_negatives.ipynb (outputs empty): `python notebooks/build_hard_negatives.py`."""
+from __future__ import annotations
+
+import os
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+CELLS = [
+    new_markdown_cell("""# Hard negatives as regularised optimal transport
+
+A small tour of `contrax.ot` and `contrax.negatives` (SPEC §4; [P002] Jiang, Ishwar, Aeron
+2023). On a toy batch of two views of clustered points on the sphere we look at the entropic
+coupling of the in-batch cost `C_ij = ||z_i - z_j||^2`, the negative weights `w = 2B pi` it
+induces for one anchor, and how the regularisation eps moves them between *hardest*
+(small eps) and *uniform* (SimCLR / DCL, large eps). The training study is
+`python experiments/hard_negatives.py`."""),
+    new_code_cell("""import jax, jax.numpy as jnp, numpy as np
+import matplotlib.pyplot as plt
+from contrax import negatives, ot
+
+# 3 clusters on the unit sphere in 3-D, B = 12 images, two noisy views each (2B = 24 rows).
+rng = np.random.RandomState(0)
+centres = rng.randn(3, 3)
+labels = np.repeat(np.arange(3), 4)
+z1 = jnp.asarray(centres[labels] + 0.35 * rng.randn(12, 3), jnp.float32)
+z2 = jnp.asarray(centres[labels] + 0.35 * rng.randn(12, 3), jnp.float32)
+problem = ot.batch_cost(z1, z2)
+print('stacked cost', problem.cost.shape, '; negatives per anchor:', int(problem.negative_mask[0].sum()))"""),
+    new_markdown_cell("""## The coupling
+
+Balanced entropic OT with uniform marginals: self and positive pairs (the two diagonals) get
+a large finite cost and exactly zero mass. Rows are sorted by cluster, so same-cluster
+(hard) negatives sit in the diagonal blocks."""),
+    new_code_cell("""order = np.argsort(np.concatenate([labels, labels]), kind='stable')
+epsilons = (0.1, 0.5, 2.0)
+fig, axes = plt.subplots(1, len(epsilons), figsize=(11, 3.4))
+for ax, eps in zip(axes, epsilons):
+  pi, diag = ot.coupling(z1, z2, epsilon=eps, num_iterations=200)
+  ax.imshow(np.asarray(pi)[np.ix_(order, order)] * 24, cmap='viridis')
+  ax.set_title(f'eps = {eps}: 2B * pi')
+  print(f'eps={eps}: row / column marginal error {float(diag.row_marginal_error):.1e} / '
+        f'{float(diag.column_marginal_error):.1e}, converged {bool(diag.converged)}')
+plt.tight_layout(); plt.show()"""),
+    new_markdown_cell("""## The weights of one anchor
+
+Weights of anchor 0 over its 22 negatives, sorted by similarity: uniform (SimCLR/DCL),
+HCL `softmax(beta s / t)`, balanced OT and the sparse quadratic OT coupling. The
+semi-relaxed coupling equals HCL with `beta = 2t / eps` (checked below)."""),
+    new_code_cell("""t, eps = 0.5, 0.5
+pairs_sims = np.asarray(jax.jit(lambda a, b: ot.batch_cost(a, b).cost)(z1, z2))
+sims = 1.0 - pairs_sims[0] / 2.0          # C = 2 - 2 s for unit vectors
+mask = np.asarray(problem.negative_mask[0])
+weights = {
+    'uniform': negatives.uniform(z1, z2),
+    f'HCL beta={2 * t / eps:g}': negatives.hcl(z1, z2, beta=2 * t / eps, temperature=t),
+    f'OT balanced eps={eps}': negatives.ot(z1, z2, epsilon=eps, num_iterations=200),
+    'OT quadratic gamma=0.05': negatives.ot_quadratic(z1, z2, gamma=0.05),
+}
+semi = negatives.ot(z1, z2, epsilon=eps, marginals='semi_relaxed')
+print('max |semi-relaxed OT - HCL(beta = 2t/eps)| =',
+      float(jnp.max(jnp.abs(semi - weights[f'HCL beta={2 * t / eps:g}']))))
+idx = np.argsort(sims[mask])
+for name, w in weights.items():
+  plt.plot(sims[mask][idx], np.asarray(w)[0][mask][idx], marker='o', ms=3, label=name)
+plt.xlabel('similarity s_0j of the negative'); plt.ylabel('weight w_0j'); plt.legend(fontsize=8)
+plt.show()
+print('quadratic OT: negatives of anchor 0 with exactly zero weight:',
+      int(np.sum(np.asarray(weights['OT quadratic gamma=0.05'])[0][mask] == 0)), 'of', int(mask.sum()))"""),
+    new_markdown_cell("""## How eps moves them
+
+As eps grows the weights tend to uniform; as it shrinks they concentrate on the most similar
+negatives. Two summaries per anchor, averaged over the batch: the mean similarity of the
+weighted negatives and the effective number of negatives `exp(H(w_i))`."""),
+    new_code_cell("""grid = np.geomspace(0.05, 20.0, 12)
+solve = jax.jit(lambda a, b, e: ot.negative_weights(a, b, epsilon=e, num_iterations=200)[0])
+neg = np.asarray(problem.negative_mask)
+all_sims = 1.0 - pairs_sims / 2.0
+mean_sim, effective = [], []
+for e in grid:
+  w = np.asarray(solve(z1, z2, jnp.float32(e)))
+  mean_sim.append(np.mean(np.sum(np.where(neg, w * all_sims, 0.0), axis=1)))
+  entropy = -np.sum(np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0), axis=1)
+  effective.append(np.mean(np.exp(entropy)))
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+axes[0].semilogx(grid, mean_sim, marker='o')
+axes[0].axhline(np.mean(np.sum(np.where(neg, all_sims, 0.0), axis=1) / neg.sum(1)), ls='--', c='k', label='uniform')
+axes[0].set_xlabel('eps'); axes[0].set_ylabel('mean similarity of weighted negatives'); axes[0].legend()
+axes[1].semilogx(grid, effective, marker='o'); axes[1].axhline(neg.sum(1)[0], ls='--', c='k')
+axes[1].set_xlabel('eps'); axes[1].set_ylabel('effective number of negatives')
+plt.tight_layout(); plt.show()"""),
+]
+
+
+def main() -> None:
+  notebook = new_notebook(cells=CELLS, metadata={
+      "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hard_negatives.ipynb")
+  nbformat.write(notebook, path)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()

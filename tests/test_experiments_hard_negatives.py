@@ -1,0 +1,111 @@
+"""The HCL-OT training losses, experiments/hard_negatives.py at tiny size, and its notebook."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from contrax import negatives, train
+from contrax.losses import infonce
+from test_ot import oracle_cost_and_mask, oracle_sinkhorn, views
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_experiment():
+  spec = importlib.util.spec_from_file_location(
+      "hard_negatives", os.path.join(ROOT, "experiments", "hard_negatives.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def spec_infonce(z1, z2, w, t, tau_plus):
+  """SPEC §1 in float64 NumPy: weighted negatives with the debiasing clamp."""
+  z = np.concatenate([np.asarray(z1, np.float64), np.asarray(z2, np.float64)])
+  z /= np.linalg.norm(z, axis=1, keepdims=True)
+  n = z.shape[0]
+  s = z @ z.T
+  _, mask = oracle_cost_and_mask(z1, z2)
+  num_neg = n - 2
+  pos = np.exp(s[np.arange(n), (np.arange(n) + n // 2) % n] / t)
+  neg = num_neg * np.sum(np.where(mask, w * np.exp(s / t), 0.0), axis=1)
+  ng = np.maximum((neg - tau_plus * num_neg * pos) / (1 - tau_plus), num_neg * np.exp(-1 / t))
+  return float(np.mean(-np.log(pos / (pos + ng))))
+
+
+def test_train_hcl_ot_loss_is_spec_infonce_with_sinkhorn_weights():
+  config = train.default_config()
+  config.loss, config.ot_epsilon, config.ot_iterations = "hcl_ot", 0.5, 300
+  z1, z2 = views(21)
+  got = jax.jit(train.make_loss(config))(z1, z2)
+  cost, mask = oracle_cost_and_mask(z1, z2)
+  pi = oracle_sinkhorn(cost, mask, 0.5)
+  expected = spec_infonce(z1, z2, pi / pi.sum(1, keepdims=True), config.temperature,
+                          config.tau_plus)
+  np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+
+
+def test_train_ot_losses_pass_no_gradient_through_the_weights():
+  # Constant weights: the gradient equals that of infonce with the weights frozen.
+  config = train.default_config()
+  config.loss = "quadratic_ot"
+  z1, z2 = views(22)
+  loss = train.make_loss(config)
+  w = negatives.ot_quadratic(z1, z2, gamma=config.ot_gamma, num_iterations=config.ot_iterations)
+  frozen = lambda a, b: infonce(a, b, temperature=config.temperature, weights=w,
+                                tau_plus=config.tau_plus)
+  got = jax.jit(jax.grad(loss, argnums=(0, 1)))(z1, z2)
+  expected = jax.jit(jax.grad(frozen, argnums=(0, 1)))(z1, z2)
+  for g, e in zip(got, expected):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=1e-6)
+
+
+def test_bad_ot_config_is_rejected_before_compiling():
+  config = train.default_config()
+  config.loss, config.ot_epsilon = "hcl_ot", 0.0
+  with pytest.raises(ValueError, match="ot_epsilon"):
+    train.make_loss(config)
+
+
+def test_experiment_methods_map_to_train_losses():
+  hn = load_experiment()
+  config = hn.get_config()
+  named = hn.methods(config)
+  assert len(named) == 3 + len(config.ot_epsilons) + 1 and len(config.seeds) >= 3
+  for method, overrides in named.items():
+    run = hn.run_config(config, overrides, seed=7)
+    assert run.loss in train.LOSSES and run.seed == 7 and run.steps == config.steps
+    train.make_loss(run)  # every method's loss builds with the study's hyper-parameters
+
+
+@pytest.mark.slow
+def test_experiment_runs_at_tiny_size(tmp_path):
+  hn = load_experiment()
+  argv = ["--steps", "2", "--batch_size", "32", "--seeds", "0,1,2", "--ot_epsilons", "0.7",
+          "--diagnostic_images", "16", "--ot_iterations", "5", "--workdir", str(tmp_path)]
+  summary = hn.main(argv)
+  stats = summary["stats"]
+  assert set(stats) == {"simclr", "debiased", "hcl", "hcl_ot_eps0.7", "quadratic_ot"}
+  for method, s in stats.items():
+    assert s["seeds"] == 3 and 0.0 <= s["knn_accuracy"][0] <= 1.0
+  assert abs(stats["simclr"]["excess_similarity"][0]) < 1e-5
+  assert stats["hcl_ot_eps0.7"]["excess_similarity"][0] > 0
+  assert os.path.exists(tmp_path / "accuracy_vs_hardness.png")
+  assert json.load(open(tmp_path / "summary.json"))["stats"].keys() == stats.keys()
+
+
+@pytest.mark.slow
+def test_notebook_executes():
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  path = os.path.join(ROOT, "notebooks", "hard_negatives.ipynb")
+  notebook = nbformat.read(path, as_version=4)
+  assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
+  nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                          resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}
+                          ).execute()
