@@ -201,7 +201,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     weights_fn = method_weights(config, overrides)
     for seed in config.seeds:
       run_cfg = run_config(config, overrides, seed)
-      run_dir = os.path.join(workdir, "runs", f"{method}_seed{seed}")
+      run_dir = os.path.abspath(os.path.join(workdir, "runs", f"{method}_seed{seed}"))
       summary_path = os.path.join(run_dir, "summary.json")
       if os.path.exists(summary_path):
         with open(summary_path) as f:
