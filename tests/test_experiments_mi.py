@@ -1,0 +1,135 @@
+"""experiments/mutual_information.py at tiny size, its helpers, and its notebook."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from contrax import mi
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_experiment():
+  spec = importlib.util.spec_from_file_location(
+      "mutual_information", os.path.join(ROOT, "experiments", "mutual_information.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+exp = _load_experiment()
+
+
+def test_masked_infonce_is_infonce_of_the_leading_block():
+  scores = jax.random.normal(jax.random.PRNGKey(0), (9, 9)) * 3.0
+  masked = jax.jit(exp.masked_infonce)
+  for n in (2, 5, 9):
+    np.testing.assert_allclose(float(masked(scores, float(n))),
+                               float(mi.infonce(scores[:n, :n])), rtol=1e-5, atol=1e-6)
+
+
+def test_pair_scores_dot_and_distance():
+  rng = np.random.default_rng(0)
+  zx, zy = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+  np.testing.assert_allclose(np.asarray(exp.pair_scores(jnp.asarray(zx), jnp.asarray(zy))),
+                             zx @ zy.T, rtol=1e-5, atol=1e-5)
+  distance = -0.5 * np.sum((zx[:, None] - zy[None]) ** 2, axis=-1)
+  np.testing.assert_allclose(
+      np.asarray(exp.pair_scores(jnp.asarray(zx), jnp.asarray(zy), 1.0)), distance,
+      rtol=1e-5, atol=1e-5)
+
+
+def test_small_batch_task_attains_the_configured_mi():
+  c = exp.get_config().small_batch
+  rho = exp.small_batch_rho(c)
+  best = np.eye(c.dim)[:c.features]  # the strongest `features` dimensions
+  assert mi.linear_features_mi(rho, best) == pytest.approx(c.attainable_mi_nats, rel=1e-9)
+  assert mi.gaussian_mi(rho) == pytest.approx(
+      c.attainable_mi_nats + (c.dim - c.features) * c.weak_mi_nats, rel=1e-9)
+  # any other 4-d linear map carries less
+  w = np.random.default_rng(0).normal(size=(c.features, c.dim))
+  assert mi.linear_features_mi(rho, w) < c.attainable_mi_nats
+
+
+def test_infomin_flip_probs_share_the_requested_bits():
+  probs = exp.infomin_flip_probs(4, 4, 3, 1)
+  np.testing.assert_array_equal(probs, [0, 0, 0, 0.5, 0, 0.5, 0.5, 0.5])
+  assert mi.label_channel_mi(8, probs, unit="bits") == pytest.approx(4.0)
+
+
+def test_invalid_config_is_rejected_naming_the_field():
+  config = exp.tiny_config()
+  config.parts = ("staircase", "nope")
+  with pytest.raises(ValueError, match="parts"):
+    exp.validate_config(config)
+  config = exp.tiny_config()
+  config.staircase.critics = ("quadratic",)
+  with pytest.raises(ValueError, match="staircase.critics"):
+    exp.validate_config(config)
+  config = exp.tiny_config()
+  config.measure.estimator = "mine2"
+  with pytest.raises(ValueError, match="measure.estimator"):
+    exp.validate_config(config)
+
+
+def test_cli_runs_the_staircase_at_tiny_size(tmp_path):
+  workdir = str(tmp_path / "run")
+  summary = exp.main(["--workdir", workdir, "--parts", "staircase", "--progress", "false",
+                      "--chunk", "10", "--staircase.levels_nats", "1,3",
+                      "--staircase.dim", "4", "--staircase.batch_sizes", "8",
+                      "--staircase.critics", "bilinear", "--staircase.steps_per_level", "10"])
+  for name in ("config.json", "staircase.json", "staircase.md", "staircase_b8.png",
+               "summary.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  result = json.load(open(os.path.join(workdir, "staircase.json")))
+  assert len(result["table"]) == 2 * len(mi.ESTIMATORS)
+  for row in result["table"]:
+    if row["estimator"] == "infonce":
+      assert row["mean_nats"] <= math.log(8) + 1e-6
+  assert "could not be read" in open(os.path.join(workdir, "staircase.md")).read()
+  assert summary["staircase"]["best_overall"] in mi.ESTIMATORS
+
+
+@pytest.mark.slow
+def test_every_part_runs_end_to_end_at_tiny_size(tmp_path):
+  workdir = str(tmp_path / "run")
+  config = exp.tiny_config()
+  summary = exp.run(config, workdir)
+  for name in ("config.json", "summary.json", "staircase.json", "staircase.md",
+               "staircase_b16.png", "small_batch.json", "small_batch.png", "measure.json",
+               "measure.png", "infomin.json", "infomin.png"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert "could not be read" in summary["note"]
+  for row in summary["small_batch"]["rows"]:
+    assert row["train_infonce_nats"] <= math.log(row["batch_size"]) + 1e-6
+    assert row["exact_mi_nats"] <= config.small_batch.attainable_mi_nats + 1e-9
+  measure = json.load(open(os.path.join(workdir, "measure.json")))
+  assert measure["ceiling_nats"] == pytest.approx(
+      mi.label_channel_mi(config.measure.num_bits, config.measure.flip_prob))
+  assert measure["estimator"] == summary["staircase"]["best_overall"]
+  assert len(measure["rows"]) == len(config.measure.embed_dims) * len(config.measure.checkpoints)
+  infomin = json.load(open(os.path.join(workdir, "infomin.json")))
+  for row in infomin["rows"]:
+    assert row["view_mi_bits"] == pytest.approx(row["shared_task_bits"]
+                                                + row["shared_nuisance_bits"])
+    assert 0.0 <= row["task_accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_notebook_executes_at_tiny_size(monkeypatch):
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  monkeypatch.setenv("CONTRAX_NOTEBOOK_SIZE", "tiny")
+  path = os.path.join(ROOT, "notebooks", "mutual_information.ipynb")
+  notebook = nbformat.read(path, as_version=4)
+  assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
+  nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                          resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}
+                          ).execute()
