@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from contrax import _checks, augment, data, evaluate, models, negatives, parallel, plotting
 from contrax.losses import _layout
 from contrax.losses import alpha_cl
+from contrax.losses.barlow import barlow_twins
 from contrax.losses.infonce import check_tau_plus, check_temperature, infonce
 
 LossFn = Callable[..., jax.Array]  # (z1, z2, *, axis_name) -> scalar
@@ -60,6 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.alpha_eps = 0.0      # alpha_direct: ε_α in the normaliser Σ_k exp(...) + ε_α N
   c.alpha_power = 1.0    # alpha_inverse_power: k in α_ij ∝ (d²_ij + t')^{-k}
   c.alpha_offset = 1.0   # alpha_inverse_power: t' > 0
+  c.barlow_lambda = 5e-3  # barlow: off-diagonal weight λ (SPEC §3)
   c.batch_size = 256
   c.steps = 1500
   c.optimizer = "adamw"
@@ -143,6 +145,8 @@ LOSSES: dict[str, Callable[[ml_collections.ConfigDict], LossFn]] = {
     "alpha_entropy": functools.partial(_alpha_loss, kind="entropy"),
     "hcl_ot": _ot_loss,
     "quadratic_ot": functools.partial(_ot_loss, quadratic=True),
+    "barlow": lambda c: functools.partial(
+        barlow_twins, lambda_=_checks.non_negative("barlow_lambda", c.barlow_lambda)),
 }
 
 
