@@ -119,7 +119,7 @@ def gather_invariant(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
   """
   if axis_name is None:
     return x
-  size = jax.lax.psum(1, axis_name)
+  size = jax.lax.axis_size(axis_name)
   offset = _layout.device_offset(x.shape[0], axis_name)
   padded = jnp.zeros((size * x.shape[0],) + x.shape[1:], x.dtype)
   return jax.lax.psum(jax.lax.dynamic_update_slice_in_dim(padded, x, offset, axis=0), axis_name)
