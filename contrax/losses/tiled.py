@@ -6,22 +6,22 @@ one `T × T` tile of similarities (the approach of Inf-CL, Cheng et al. 2024,
 arXiv 2410.17243):
 
 * Every quantity the InfoNCE family needs from the slab is a masked log-sum-exp over each
-  anchor's negatives, `L_k(i) = log sum_{j neg of i} exp(c_k s_ij / t)` for one or two
-  scales `c_k`. It is accumulated with an online (streaming) log-sum-exp over column tiles:
+  anchor's negatives, `L_k(i) = log sum_{j neg of i} exp(c_k s_ij)` for one or two
+  scales `c_k` (1/t; or (1+beta)/t and beta/t). It is accumulated with an online (streaming) log-sum-exp over column tiles:
   a running maximum `m` and a running sum `S` rescaled as `S <- S e^{m - m'} + sum e^{x - m'}`.
 * The backward pass is a `jax.custom_vjp` that recomputes each tile instead of storing it:
-  with cotangents `g_k(i)` of `L_k(i)` and `p_k(i, j) = exp(c_k s_ij / t - L_k(i))`,
+  with cotangents `g_k(i)` of `L_k(i)` and `p_k(i, j) = exp(c_k s_ij - L_k(i))`,
 
-      dLoss/ds_ij = (1/t) sum_k g_k(i) c_k p_k(i, j)      (0 on self, positive, padding)
+      P_ij = dLoss/ds_ij = sum_k g_k(i) c_k p_k(i, j)      (0 on self, positive, padding)
 
-  so the gradient of the stacked embeddings is `P z / t` (as anchors) plus `P^T z / t`
-  (as columns), accumulated tile by tile. Memory is O(2B · D + T²).
+  so the gradient of the stacked embeddings is `P z` (as anchors) plus `P^T z` (as
+  columns), accumulated tile by tile. Memory is O(2B · D + T²).
 * A device's own block is symmetric (s_ij = s_ji): each off-diagonal tile pair is computed
   once and feeds the log-sum-exps of its rows and of its columns (forward), and both
   gradient terms (backward). One forward + backward then costs two `[2B, 2B] x D` products'
   worth of tile matmuls, against three for the dense loss.
 * HCL weights `w_ij = softmax_j(beta s_ij / t)` (Robinson et al. 2021) factor into two such
-  log-sum-exps: `log sum_j w_ij e^{s_ij/t} = L_{1+beta}(i) - L_beta(i)`; debiasing (tau+,
+  log-sum-exps: `log sum_j w_ij e^{s_ij/t} = L_{(1+beta)/t}(i) - L_{beta/t}(i)`; debiasing (tau+,
   Chuang et al. 2020) and the decoupled form (Yeh et al. 2022) act on the per-row values
   and are differentiated by ordinary autodiff.
 * With `axis_name` (inside `jax.shard_map`) the columns form a ring: each device keeps its
@@ -54,8 +54,7 @@ DEFAULT_TILE_SIZE = 2048
 
 class _Plan(NamedTuple):
   """Static description of one streamed log-sum-exp (hashable: a `nondiff_argnum`)."""
-  scales: tuple
-  temperature: float
+  scales: tuple  # c_k: L_k(i) = log sum_j exp(c_k s_ij)
   axis_name: Optional[str]
   tile: int
 
@@ -85,11 +84,11 @@ def _block_index(owner: jax.Array, b: int, big_b: int) -> jax.Array:
   return owner * b + k + jnp.where(k < b, 0, big_b - b)
 
 
-def _masked_logits(scaled_rows, row_index, cols, col_index, big_b: int) -> jax.Array:
-  """One tile of `s_ij / t` with -inf off the negatives (self, positive and padding: index -1)."""
-  rows, cols_ = row_index[:, None], col_index[None, :]
-  negative = (rows >= 0) & (cols_ >= 0) & (cols_ != rows) & (cols_ != (rows + big_b) % (2 * big_b))
-  return jnp.where(negative, scaled_rows @ cols.T, NEG_INF)
+def _masked_sims(rows, row_index, cols, col_index, big_b: int) -> jax.Array:
+  """One tile of `s_ij` with -inf off the negatives (self, positive and padding: index -1)."""
+  i, j = row_index[:, None], col_index[None, :]
+  negative = (i >= 0) & (j >= 0) & (j != i) & (j != (i + big_b) % (2 * big_b))
+  return jnp.where(negative, rows @ cols.T, NEG_INF)
 
 
 def _expand(v: jax.Array, axis: int) -> jax.Array:
@@ -101,7 +100,7 @@ def _fold(m, s, masked, scales, axis: int):
   rows (axis=1) or of its columns (axis=0), for every scale c_k."""
   new_m, new_s = [], []
   for k, c in enumerate(scales):
-    x = masked if c == 1.0 else c * masked
+    x = c * masked
     m_k = jnp.maximum(m[k], jnp.max(x, axis=axis))
     shift = jnp.where(jnp.isfinite(m_k), m_k, 0.0)
     new_s.append(s[k] * jnp.exp(m[k] - shift)
@@ -112,9 +111,8 @@ def _fold(m, s, masked, scales, axis: int):
 
 def _cotangent(masked, lse, gc, scales, axis: int) -> jax.Array:
   """d loss / d logit on a tile through the log-sum-exps of its rows (axis=1) or columns
-  (axis=0): `sum_k gc_k exp(c_k x - lse_k)`, exactly 0 off the negatives."""
-  return sum(_expand(gc[k], axis) * jnp.exp((masked if c == 1.0 else c * masked)
-                                            - _expand(lse[k], axis))
+  (axis=0): `sum_k gc_k exp(c_k s - lse_k)`, exactly 0 off the negatives."""
+  return sum(_expand(gc[k], axis) * jnp.exp(c * masked - _expand(lse[k], axis))
              for k, c in enumerate(scales))
 
 
@@ -128,90 +126,86 @@ def _stream_self(plan: _Plan, big_b: int, tiles, state):
 
   Diagonal tiles update their rows; each off-diagonal tile (i < j) is computed once and
   updates rows of tile i along axis 1 and rows of tile j along axis 0.
-  tiles: (rows / t, rows, global index), `[n_tiles, T, ...]`; state: (m, s) `[n_tiles, K, T]`.
+  tiles: (rows, global index), `[n_tiles, T, ...]`; state: (m, s) `[n_tiles, K, T]`.
   """
-  scaled, z, index = tiles
+  z, index = tiles
 
   def diagonal(_, x):
-    r, c, idx, m, s = x
-    return None, _fold(m, s, _masked_logits(r, idx, c, idx, big_b), plan.scales, 1)
+    r, idx, m, s = x
+    return None, _fold(m, s, _masked_sims(r, idx, r, idx, big_b), plan.scales, 1)
 
-  _, state = jax.lax.scan(diagonal, None, (scaled, z, index) + tuple(state))
+  _, state = jax.lax.scan(diagonal, None, (z, index) + tuple(state))
 
   def off_diagonal(state, ij):
     (m, s), (i, j) = state, ij
-    masked = _masked_logits(_take(scaled, i), _take(index, i), _take(z, j), _take(index, j), big_b)
+    masked = _masked_sims(_take(z, i), _take(index, i), _take(z, j), _take(index, j), big_b)
     m_i, s_i = _fold(_take(m, i), _take(s, i), masked, plan.scales, 1)
     m_j, s_j = _fold(_take(m, j), _take(s, j), masked, plan.scales, 0)
     return (_put(_put(m, m_i, i), m_j, j), _put(_put(s, s_i, i), s_j, j)), None
 
-  state, _ = jax.lax.scan(off_diagonal, state, _upper_pairs(scaled.shape[0]))
+  state, _ = jax.lax.scan(off_diagonal, state, _upper_pairs(z.shape[0]))
   return state
 
 
 def _stream_cross(plan: _Plan, big_b: int, tiles, state, cols, col_index):
   """Fold another device's block of columns (`[n_tiles, T, D]`, its global index) into state."""
-  scaled, _, index = tiles
-
   def per_row_tile(_, x):
     r, idx, m, s = x
 
     def per_col_tile(carry, y):
-      return _fold(*carry, _masked_logits(r, idx, *y, big_b), plan.scales, 1), None
+      return _fold(*carry, _masked_sims(r, idx, *y, big_b), plan.scales, 1), None
 
     state, _ = jax.lax.scan(per_col_tile, (m, s), (cols, col_index))
     return None, state
 
-  _, state = jax.lax.scan(per_row_tile, None, (scaled, index) + tuple(state))
+  _, state = jax.lax.scan(per_row_tile, None, tuple(tiles) + tuple(state))
   return state
 
 
 def _grad_self(plan: _Plan, big_b: int, tiles, lse, gc, dz):
   """Add the own block's `Q z` to `dz` (`[n_tiles, T, D]`), Q = row + column cotangents.
 
-  The gradient of z_i is `(1/t) sum_j (P_ij + P_ji) z_j`; for a tile pair (i, j) both
-  `P_ij` and `P_ji^T` come from the one recomputed tile of logits.
+  The gradient of z_i is `sum_j (P_ij + P_ji) z_j`; for a tile pair (i, j) both `P_ij` and
+  `P_ji^T` come from the one recomputed tile of similarities.
   """
-  scaled, z, index = tiles
+  z, index = tiles
 
   def both_sides(masked, lse_i, gc_i, lse_j, gc_j):
     return (_cotangent(masked, lse_i, gc_i, plan.scales, 1)
             + _cotangent(masked, lse_j, gc_j, plan.scales, 0))
 
   def diagonal(_, x):
-    r, c, idx, l, g, d = x
-    return None, d + both_sides(_masked_logits(r, idx, c, idx, big_b), l, g, l, g) @ c
+    r, idx, l, g, d = x
+    return None, d + both_sides(_masked_sims(r, idx, r, idx, big_b), l, g, l, g) @ r
 
-  _, dz = jax.lax.scan(diagonal, None, (scaled, z, index, lse, gc, dz))
+  _, dz = jax.lax.scan(diagonal, None, (z, index, lse, gc, dz))
 
   def off_diagonal(dz, ij):
     i, j = ij
     z_i, z_j = _take(z, i), _take(z, j)
-    masked = _masked_logits(_take(scaled, i), _take(index, i), z_j, _take(index, j), big_b)
+    masked = _masked_sims(z_i, _take(index, i), z_j, _take(index, j), big_b)
     q = both_sides(masked, _take(lse, i), _take(gc, i), _take(lse, j), _take(gc, j))
     dz = _put(dz, _take(dz, i) + q @ z_j, i)
     return _put(dz, _take(dz, j) + q.T @ z_i, j), None
 
-  dz, _ = jax.lax.scan(off_diagonal, dz, _upper_pairs(scaled.shape[0]))
+  dz, _ = jax.lax.scan(off_diagonal, dz, _upper_pairs(z.shape[0]))
   return dz
 
 
 def _grad_cross(plan: _Plan, big_b: int, tiles, lse, gc, drow, cols, col_index, dcols):
   """Add a visiting block's `P z_cols` to `drow` and `P^T z_rows` to its accumulator `dcols`."""
-  scaled, z, index = tiles
-
   def per_row_tile(dcols, x):
-    r, z_r, idx, l, g, d = x
+    r, idx, l, g, d = x
 
     def per_col_tile(d, y):
       c, c_idx, dc = y
-      p = _cotangent(_masked_logits(r, idx, c, c_idx, big_b), l, g, plan.scales, 1)
-      return d + p @ c, dc + p.T @ z_r
+      p = _cotangent(_masked_sims(r, idx, c, c_idx, big_b), l, g, plan.scales, 1)
+      return d + p @ c, dc + p.T @ r
 
     d, dcols = jax.lax.scan(per_col_tile, d, (cols, col_index, dcols))
     return dcols, d
 
-  dcols, drow = jax.lax.scan(per_row_tile, dcols, (scaled, z, index, lse, gc, drow))
+  dcols, drow = jax.lax.scan(per_row_tile, dcols, tuple(tiles) + (lse, gc, drow))
   return drow, dcols
 
 
@@ -231,7 +225,7 @@ def _varying(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
 
 class _Block(NamedTuple):
   """This device's stacked embeddings, tiled: anchors and its block of the global columns."""
-  tiles: tuple  # (z / t, z, global index), each [n_tiles, T, ...]
+  tiles: tuple  # (z, global index), each [n_tiles, T, ...]
   me: jax.Array
   n_devices: int
   send: object
@@ -248,8 +242,7 @@ class _Block(NamedTuple):
 def _block(plan: _Plan, z: jax.Array) -> _Block:
   me, n, send = _ring(plan.axis_name)
   b = z.shape[0] // 2
-  tiles = (_tiles(z / plan.temperature, plan.tile, 0), _tiles(z, plan.tile, 0),
-           _tiles(_block_index(me, b, b * n), plan.tile, -1))
+  tiles = (_tiles(z, plan.tile, 0), _tiles(_block_index(me, b, b * n), plan.tile, -1))
   return _Block(tiles, me, n, send, b)
 
 
@@ -267,7 +260,7 @@ def _lse_forward(plan: _Plan, z: jax.Array) -> jax.Array:
     return cols, _stream_cross(plan, blk.big_b, blk.tiles, state, cols, blk.column_index(owner))
 
   if blk.n_devices > 1:
-    _, state = jax.lax.fori_loop(1, blk.n_devices, step, (blk.tiles[1], state))
+    _, state = jax.lax.fori_loop(1, blk.n_devices, step, (blk.tiles[0], state))
   m, s = state
   lse = jnp.moveaxis(m + jnp.log(s), 1, 0)  # [K, n_tiles, T]
   return lse.reshape(len(plan.scales), -1)[:, :z.shape[0]]
@@ -275,7 +268,7 @@ def _lse_forward(plan: _Plan, z: jax.Array) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _negative_lse(plan: _Plan, z: jax.Array) -> jax.Array:
-  """`[K, 2b]`: `log sum_{j neg of i} exp(c_k s_ij / t)` for this device's stacked anchors.
+  """`[K, 2b]`: `log sum_{j neg of i} exp(c_k s_ij)` for this device's stacked anchors.
 
   `z` holds the local stacked, L2-normalised embeddings `[z1; z2]`, which are at once this
   device's anchors and its block of the global columns.
@@ -297,7 +290,7 @@ def _negative_lse_bwd(plan: _Plan, residuals, g):
 
   lse = per_tile(jnp.where(jnp.isfinite(lse), lse, 0.0))
   gc = per_tile(g * jnp.asarray(plan.scales, z.dtype)[:, None])
-  dz = _grad_self(plan, blk.big_b, blk.tiles, lse, gc, jnp.zeros_like(blk.tiles[1]))
+  dz = _grad_self(plan, blk.big_b, blk.tiles, lse, gc, jnp.zeros_like(blk.tiles[0]))
 
   def step(i, carry):
     cols, dcols, drow = carry
@@ -309,9 +302,9 @@ def _negative_lse_bwd(plan: _Plan, residuals, g):
 
   if blk.n_devices > 1:
     _, dcols, dz = jax.lax.fori_loop(1, blk.n_devices, step,
-                                     (blk.tiles[1], jnp.zeros_like(dz), dz))
+                                     (blk.tiles[0], jnp.zeros_like(dz), dz))
     dz = dz + blk.send(dcols)  # one more hop brings each block's gradient home
-  return (_untile(dz, z.shape[0]) / plan.temperature,)
+  return (_untile(dz, z.shape[0]),)
 
 
 _negative_lse.defvjp(_negative_lse_fwd, _negative_lse_bwd)
@@ -364,8 +357,8 @@ def tiled_infonce(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5,
     raise ValueError("InfoNCE needs at least one negative: use a global batch of >= 2 images")
   z1n, z2n = _layout.l2_normalize(z1), _layout.l2_normalize(z2)
   z = jnp.concatenate([z1n, z2n], axis=0)
-  scales = (1.0,) if beta == 0.0 else (1.0 + beta, beta)
-  plan = _Plan(scales, t, axis_name, min(tile, 2 * b))
+  scales = (1.0 / t,) if beta == 0.0 else ((1.0 + beta) / t, beta / t)
+  plan = _Plan(scales, axis_name, min(tile, 2 * b))
   lse = _negative_lse(plan, z)
   log_pos = jnp.tile(jnp.sum(z1n * z2n, axis=1) / t, 2)
   log_neg = lse[0] if beta == 0.0 else math.log(num_neg) + lse[0] - lse[1]
