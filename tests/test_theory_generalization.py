@@ -129,3 +129,39 @@ def test_greedy_clique_finds_planted_clique():
   sub = adj[np.ix_(clique, clique)] | np.eye(len(clique), dtype=bool)
   assert sub.all()  # it is a clique
   assert len(clique) >= 8
+
+
+def test_barlow_is_a_training_loss():
+  from contrax import train
+  c = train.default_config()
+  c.loss, c.barlow_lambda = "barlow", 0.3
+  rng = np.random.default_rng(6)
+  z1, z2 = (rng.normal(size=(16, 4)).astype(np.float32) for _ in range(2))
+  assert float(train.make_loss(c)(z1, z2)) == pytest.approx(
+      float(barlow.barlow_twins(z1, z2, lambda_=0.3)), rel=1e-6)
+
+
+@pytest.mark.slow  # one train.pretrain + evaluate_all: tens of seconds (minutes on a loaded CPU)
+def test_experiment_runs_end_to_end(tmp_path):
+  import importlib.util
+  import json
+  import os
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location(
+      "generalization", os.path.join(root, "experiments", "generalization.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.update(dict(steps=2, batch_size=16, warmup_steps=1, log_every=1, diag_images=30,
+                     num_views=2, methods=("barlow",), augmentations=("crop",),
+                     strength_methods=(), seeds=(0,)))
+  summary = module.run(config, str(tmp_path))
+  assert summary["runs"] == 1
+  for name in ("config.json", "results.json", "results.md", "summary.json",
+               "accuracy_vs_augmentation.png", "error_vs_bound.png"):
+    assert (tmp_path / name).exists(), name
+  (record,) = json.loads((tmp_path / "results.json").read_text())
+  assert 0.0 <= record["nc_error"] <= 1.0 and 0.0 <= record["r_eps"] <= 1.0
+  # (1 − σ̂) + R̂_ε at the larger δ.
+  assert record["bound"] == pytest.approx(record["one_minus_sigma@3"] + record["r_eps"])
+  assert record["bound_holds"] == (record["nc_error"] <= record["bound"])

@@ -1,0 +1,319 @@
+"""Generalisation diagnostics for SimCLR and Barlow Twins under different augmentations
+(SPEC §3; [P001] Huang, Yi & Zhao 2023, Tables 1–2 and Theorem 1).
+
+Cells: method ∈ {simclr (NT-Xent), barlow (Barlow Twins)} × augmentation ∈ `augmentations`
+(crop; crop+flip; crop+jitter; crop+blur+gray+jitter; all five), plus a colour-strength sweep
+s ∈ `strengths` on crop+jitter (SimCLR only, as in the paper's Table 2; `strength_methods`),
+each for `seeds` (≥ 2) seeds, via `contrax.train.pretrain` with the same data, encoder,
+optimiser, batch and number of steps. The strength-s augmentation is `augment.with_color_strength(
+PRESETS["crop+jitter"], s)`, registered at import as the preset "crop+jitter@s<s>"
+(s = 0.5 is the "crop+jitter" preset itself and reuses its runs).
+
+Per run, on top of kNN and linear-probe test accuracy from `train.pretrain`, the diagnostics
+of `contrax.theory` on the l2-normalised encoder features h (r = 1):
+- class centres μ_k over `diag_images` training images × `num_views` views (view 0 is the
+  un-augmented image), nearest-centre test error on un-augmented test features;
+- L_align and R̂_ε (max over the S views, biased low) on `diag_images` test images;
+- max_{k≠ℓ} μ_kᵀμ_ℓ against Theorem 1's threshold r²(1 − ρ_max − √(2ρ_max) − Δ_μ/2), with σ̂
+  at `deltas[-1]`, ε = `eps` and L = the largest ratio ‖f(x_a) − f(x_b)‖ / ‖x_a − x_b‖ seen
+  over the view pairs (a lower bound of the encoder's Lipschitz constant);
+- 1 − σ̂(δ) at the two `deltas`, with d̂_A in pixel space (images in [0, 1]) from the S views of
+  `diag_images` test images, greedy max-clique per class (our estimator).
+Check of the bound's conclusion: NN-centre error vs (1 − σ̂(deltas[-1])) + R̂_ε.
+
+Digits (the default) are 8×8 grayscale: flip, crop and blur act; colour jitter reduces to
+brightness/contrast, and grayscale, saturation and hue do nothing. So only the geometric part
+(and an intensity-jitter analogue of the strength sweep) of the paper's study applies there.
+
+Command (every config field is a flag, e.g. `--steps 100 --seeds 0,1`):
+
+    python experiments/generalization.py
+
+Default budget: 26 runs of 300 steps at batch 256 on the MLP (≈ 40 ms CPU/step on a quiet
+2-core machine, ≈ 5 min of training in all, plus compilation and evaluation per run); meant to
+fit in ≤ 20 min on a quiet 2-core CPU — NOT measured end to end (see the README / report).
+
+Longer setting (CIFAR-10 image-folder subset, ConvNet; not run here; expect hours on 2 CPU
+cores — the issue's calibration: ≈ 150 images/s, so 3000 steps of batch 256 ≈ 1.4 h per run):
+
+    python experiments/generalization.py --data folder:../shared/data/cifar10-train-10k \\
+        --model convnet --steps 3000 --batch_size 256 --seeds 0,1 --deltas 8.0,12.0 --eps 0.8
+
+Writes runs/generalization/ (or --workdir): one run directory per (method, augmentation, seed)
+(skipped if its summary.json exists, so an interrupted study resumes), config.json,
+results.json, results.md (table), accuracy_vs_augmentation.png, error_vs_bound.png,
+summary.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from contrax import augment, data, models, parallel, theory, train
+from contrax import config as config_lib
+
+RICHNESS = ("crop", "crop+flip", "crop+jitter", "crop+blur+gray+jitter", "all")
+
+
+def strength_preset(s: float) -> str:
+  """Name of the crop+jitter preset at colour strength s (registered on first use)."""
+  if float(s) == 0.5:
+    return "crop+jitter"  # the preset's jitter (0.4, 0.4, 0.4, 0.1) is strength 0.5
+  name = f"crop+jitter@s{float(s):g}"
+  if name not in augment.PRESETS:
+    augment.PRESETS[name] = augment.with_color_strength(augment.PRESETS["crop+jitter"], s)
+  return name
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = train.default_config()
+  c.name = "generalization"
+  c.steps = 300
+  c.batch_size = 256
+  c.warmup_steps = 30
+  c.log_every = 50
+  c.eval_every = 0
+  c.checkpoint_every = 0
+  c.progress = False
+  c.methods = ("simclr", "barlow")
+  c.augmentations = RICHNESS
+  c.strengths = (1.0, 0.5, 0.25, 0.125)
+  c.strength_methods = ("simclr",)
+  c.seeds = (0, 1)
+  c.diag_images = 300      # train images for the centres and test images for the rest
+  c.num_views = 4          # S, including the un-augmented image
+  c.eps = 0.5              # ε of R_ε (features on the unit sphere)
+  c.deltas = (2.0, 3.0)    # δ of σ̂ in pixel space (8×8 digits in [0, 1])
+  return c
+
+
+LOSS_OF = {"simclr": "ntxent", "barlow": "barlow"}
+
+
+def cells(config) -> list[tuple[str, str]]:
+  """(method, augmentation preset) pairs, without duplicates, in a stable order."""
+  out = [(m, a) for m in config.methods for a in config.augmentations]
+  for m in config.strength_methods:
+    for s in config.strengths:
+      if (m, strength_preset(s)) not in out:
+        out.append((m, strength_preset(s)))
+  return out
+
+
+def run_config(config, method: str, aug: str, seed: int) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(train.default_config().to_dict())
+  for key in c.keys():
+    if key in config:
+      c[key] = config[key]
+  c.loss = LOSS_OF[method]
+  c.augmentation = aug
+  c.seed = seed
+  return c
+
+
+def trained_encoder(run: ml_collections.ConfigDict, workdir: str, image_shape):
+  """`apply(images) -> h` for the final parameters of a finished `train.pretrain` run."""
+  model = models.create(run.model, projection_dim=run.projection_dim,
+                        bn_axis_name=parallel.DATA_AXIS)
+  state = train.init_state(model, train.make_optimizer(run), jax.random.key(0), image_shape)
+  state = train._restore(train.checkpoint_manager(workdir), state)  # pylint: disable=protected-access
+  variables = state.variables()
+  apply = jax.jit(lambda x: model.apply(variables, x, method=type(model).encode))
+  return lambda x: apply(augment.to_float(jnp.asarray(x)))
+
+
+def lipschitz_lower_bound(view_feats: np.ndarray, views: np.ndarray) -> float:
+  """max over samples and view pairs of ‖f(x_a) − f(x_b)‖ / ‖x_a − x_b‖."""
+  flat = views.reshape(views.shape[0], views.shape[1], -1).astype(np.float64)
+  best = 0.0
+  for a in range(views.shape[0]):
+    for b in range(a + 1, views.shape[0]):
+      dx = np.linalg.norm(flat[a] - flat[b], axis=1)
+      df = np.linalg.norm(view_feats[a] - view_feats[b], axis=1)
+      ok = dx > 1e-9
+      if ok.any():
+        best = max(best, float(np.max(df[ok] / dx[ok])))
+  return best
+
+
+def diagnostics(config, run, workdir: str, dataset) -> dict:
+  """The SPEC §3 quantities for one trained encoder (see the module docstring)."""
+  encode = trained_encoder(run, workdir, dataset.train.image_shape)
+  num_classes = dataset.num_classes
+  key = jax.random.key(run.seed + 20_000)
+  n_tr = min(config.diag_images, len(dataset.train))
+  n_te = min(config.diag_images, len(dataset.test))
+  tr_images, tr_labels = dataset.train[np.arange(n_tr)]
+  te_images, te_labels = dataset.test[np.arange(n_te)]
+  tr_labels, te_labels = np.asarray(tr_labels), np.asarray(te_labels)
+  tr_views = theory.sample_views(run.augmentation, jax.random.fold_in(key, 0), tr_images,
+                                 config.num_views)
+  te_views = theory.sample_views(run.augmentation, jax.random.fold_in(key, 1), te_images,
+                                 config.num_views)
+  tr_feats = theory.view_features(encode, tr_views)
+  te_feats = theory.view_features(encode, te_views)
+  centres, p = theory.augmented_class_centres(tr_feats, tr_labels, num_classes)
+  err = theory.nearest_centre_error(te_feats[0], te_labels, centres)
+  l_align = theory.alignment_from_views(te_feats)
+  r_eps = theory.r_epsilon(te_feats, config.eps)
+  d_a = theory.augmented_distance_matrix(te_views)
+  sig = {float(d): theory.sigma_hat(d_a, te_labels, float(d), num_classes) for d in config.deltas}
+  delta = float(config.deltas[-1])
+  sigma = sig[delta][0]
+  lip = lipschitz_lower_bound(te_feats, te_views)
+  deficit = theory.centre_deficit(centres)
+  threshold = theory.divergence_threshold(sigma, delta, config.eps, lip, 1.0, r_eps,
+                                          float(np.min(p[p > 0])), deficit)
+  out = dict(nc_error=err, l_align=l_align, r_eps=r_eps, max_cross_centre=theory.max_cross_centre(
+      centres), threshold=threshold, centre_deficit=deficit, lipschitz_lb=lip,
+             bound=(1.0 - sigma) + r_eps)
+  for d, (s, frac) in sig.items():
+    out[f"one_minus_sigma@{d:g}"] = 1.0 - s
+    out[f"one_minus_sigma_min@{d:g}"] = 1.0 - float(np.min(frac))
+  out["bound_holds"] = bool(err <= out["bound"])
+  out["divergence_condition"] = bool(out["max_cross_centre"] < threshold)
+  return out
+
+
+KEYS = ("knn_accuracy", "linear_accuracy", "nc_error", "l_align", "r_eps", "max_cross_centre",
+        "threshold", "bound")
+
+
+def mean_std(values) -> tuple[float, float]:
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def aggregate(records: list[dict], config) -> dict:
+  keys = KEYS + tuple(f"one_minus_sigma@{float(d):g}" for d in config.deltas)
+  groups: dict = {}
+  for r in records:
+    groups.setdefault(f"{r['method']}|{r['augmentation']}", []).append(r)
+  out = {}
+  for cell, rs in groups.items():
+    out[cell] = {k: mean_std([r[k] for r in rs]) for k in keys}
+    out[cell]["seeds"] = len(rs)
+    out[cell]["bound_holds"] = sum(r["bound_holds"] for r in rs)
+  return out
+
+
+def table(stats: dict, config) -> str:
+  d1, d2 = (f"{float(d):g}" for d in config.deltas)
+  lines = [f"{config.data}, {config.model}, {config.steps} steps of batch {config.batch_size}; "
+           f"diagnostics on {config.diag_images} images × S = {config.num_views} views, "
+           f"ε = {config.eps}; mean ± std over seeds", "",
+           f"| method | augmentation | seeds | kNN | linear | NN-centre err | L_align | R̂_ε | "
+           f"max μ_kᵀμ_ℓ | threshold | 1−σ̂(δ={d1}) | 1−σ̂(δ={d2}) | (1−σ̂)+R̂_ε | err ≤ bound |",
+           "|" + "---|" * 14]
+  for cell, s in stats.items():
+    method, aug = cell.split("|")
+    f = lambda k: f"{s[k][0]:.3f} ± {s[k][1]:.3f}"  # noqa: E731
+    lines.append(f"| {method} | {aug} | {s['seeds']} | {f('knn_accuracy')} | "
+                 f"{f('linear_accuracy')} | {f('nc_error')} | {f('l_align')} | {f('r_eps')} | "
+                 f"{f('max_cross_centre')} | {f('threshold')} | {f('one_minus_sigma@' + d1)} | "
+                 f"{f('one_minus_sigma@' + d2)} | {f('bound')} | {s['bound_holds']}/{s['seeds']} |")
+  return "\n".join(lines)
+
+
+def plot(stats: dict, records: list[dict], config, workdir: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+  ax = axes[0]
+  for method in config.methods:
+    xs = [a for a in config.augmentations if f"{method}|{a}" in stats]
+    ax.errorbar(range(len(xs)), [stats[f"{method}|{a}"]["knn_accuracy"][0] for a in xs],
+                yerr=[stats[f"{method}|{a}"]["knn_accuracy"][1] for a in xs], marker="o",
+                capsize=3, label=method)
+    ax.set_xticks(range(len(xs)), xs, rotation=20, fontsize=7)
+  ax.set_ylabel("kNN test accuracy")
+  ax.set_title("accuracy vs augmentation richness")
+  ax.legend()
+  ax = axes[1]
+  for method in config.strength_methods:
+    ss = [s for s in config.strengths if f"{method}|{strength_preset(s)}" in stats]
+    ax.errorbar(ss, [stats[f"{method}|{strength_preset(s)}"]["knn_accuracy"][0] for s in ss],
+                yerr=[stats[f"{method}|{strength_preset(s)}"]["knn_accuracy"][1] for s in ss],
+                marker="o", capsize=3, label=method)
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("colour strength s (crop+jitter)")
+  ax.set_ylabel("kNN test accuracy")
+  ax.set_title("accuracy vs jitter strength")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "accuracy_vs_augmentation.png"))
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(5, 4.5), dpi=110)
+  for method in config.methods:
+    rs = [r for r in records if r["method"] == method]
+    ax.scatter([r["bound"] for r in rs], [r["nc_error"] for r in rs], label=method, s=18)
+  top = max([r["bound"] for r in records] + [r["nc_error"] for r in records] + [0.1])
+  ax.plot([0, top], [0, top], "k--", lw=1, label="error = bound")
+  ax.set_xlabel(f"(1 − σ̂(δ={float(config.deltas[-1]):g})) + R̂_ε")
+  ax.set_ylabel("nearest-centre test error")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "error_vs_bound.png"))
+  plt.close(fig)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  if len(config.deltas) != 2:
+    raise ValueError(f"deltas must hold two values, got {config.deltas!r}")
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config.to_dict(), f, indent=2)
+  start = time.time()
+  records = []
+  jobs = [(m, a, s) for m, a in cells(config) for s in config.seeds]
+  for method, aug, seed in tqdm(jobs, desc="generalization", disable=not sys.stderr.isatty()):
+    run_cfg = run_config(config, method, aug, seed)
+    run_dir = os.path.abspath(os.path.join(workdir, "runs", f"{method}_{aug}_seed{seed}"))
+    summary_path = os.path.join(run_dir, "summary.json")
+    if os.path.exists(summary_path):
+      with open(summary_path) as f:
+        summary = json.load(f)
+    else:
+      summary = train.pretrain(run_cfg, run_dir)
+    dataset = data.load(run_cfg.data, seed=seed)
+    record = dict(method=method, augmentation=aug, seed=seed,
+                  knn_accuracy=summary["knn_accuracy"],
+                  linear_accuracy=summary["linear_accuracy"],
+                  wall_seconds=summary["wall_seconds"],
+                  **diagnostics(config, run_cfg, run_dir, dataset))
+    records.append(record)
+    print(json.dumps(record), flush=True)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(records, f, indent=2)
+  stats = aggregate(records, config)
+  text = table(stats, config)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(text + "\n")
+  plot(stats, records, config, workdir)
+  summary = dict(stats=stats, wall_seconds=time.time() - start,
+                 bound_holds=sum(r["bound_holds"] for r in records), runs=len(records))
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  print(text)
+  return summary
+
+
+def main(argv=None) -> dict:
+  config, args = config_lib.parse(get_config(), argv, description=__doc__)
+  return run(config, args.workdir or os.path.join("runs", config.name))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
