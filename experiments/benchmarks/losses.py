@@ -28,10 +28,24 @@ Command:
 
 Writes runs/benchmark_losses/ (or --workdir): config.json, results.json, results.md.
 
-Runtime: about 12 minutes on the 2-core CPU (most of it lightly at B = 4096).
-Result (2-core Xeon @ 2.8 GHz shared with other jobs, load average ~10-15, so absolute
-times are inflated; ratios come from interleaved rounds; torch 2.13.0+cpu, lightly 1.6.0,
-jax 0.10.2, optax 0.2.8): see the table printed by the last run, copied in README.md.
+Runtime: 14.5 minutes on the 2-core CPU under a load average of ~20 (other jobs); most of
+it is optax at B = 512 and lightly at B = 4096.
+
+Result (2-core Xeon @ 2.8 GHz, load average ~20 from other jobs, so absolute times are
+inflated and torch's OpenMP threads suffer most from the oversubscription; fastest of two
+interleaved rounds; torch 2.13.0+cpu, lightly 1.6.0 with torchvision stubbed, jax 0.10.2,
+optax 0.2.8), ms per forward + backward and peak RSS of the case's process:
+
+| B    | contrax | contrax_tiled | optax                | lightly  | contrax vs lightly |
+|------|---------|---------------|----------------------|----------|--------------------|
+| 512  | 37      | 49            | 14557 (2.3 GiB)      | 1437     | 39x                |
+| 2048 | 1112    | 972           | skipped (est. 16 GiB) | 4584    | 4.1x               |
+| 4096 | 3611    | 4788          | OOM (est. 66 GiB)    | 24685    | 6.8x               |
+
+Peak RSS at B = 4096: contrax 0.88 GiB, contrax_tiled 0.47 GiB, lightly 1.32 GiB. Loss values
+agree to < 1e-6. Before the single-device fast path (autodiff through a masked logsumexp:
+three [2B, 2B] matmuls and two exp passes) contrax took ~1.35x longer than now at B = 2048
+and 4096 in interleaved runs.
 """
 from __future__ import annotations
 
