@@ -45,7 +45,7 @@ results.json, results.md (table), accuracy_vs_augmentation.png, error_vs_bound.p
 summary.json.
 
 Measured (reduced setting only; the default was NOT run end to end). On the shared 2-core CPU
-under heavy load (~8 concurrent jobs), 12 runs, ≈ 9 min wall in all:
+under heavy load (~8 concurrent jobs), 12 runs, 917 s wall in all:
 
     python experiments/generalization.py --workdir runs/generalization_reduced --steps 100 \
         --batch_size 128 --warmup_steps 10 --seeds 0,1 --augmentations crop,all \
