@@ -88,7 +88,8 @@ def check_mesh(mesh: Mesh) -> Mesh:
                      f"sees {jax.device_count()} {jax.devices()[0].platform} devices")
   # Process of each position along the data axis (over the other axes, must be one process).
   by_data = np.moveaxis(mesh.devices, mesh.axis_names.index(DATA_AXIS), 0)
-  owners = [sorted({d.process_index for d in row.flat}) for row in by_data]
+  by_data = by_data.reshape(by_data.shape[0], -1)
+  owners = [sorted({d.process_index for d in row}) for row in by_data]
   if any(len(o) > 1 for o in owners):
     raise ValueError("each position of the mesh's data axis must hold devices of one process")
   owners = [o[0] for o in owners]

@@ -301,7 +301,7 @@ def test_local_columns_only_would_differ():
 
 
 def test_make_mesh_shapes():
-  assert parallel.make_mesh().shape == {DATA: N_DEV}
+  assert parallel.check_mesh(parallel.make_mesh()).shape == {DATA: N_DEV}
   assert parallel.make_mesh(1).shape == {DATA: 1}
   mesh = parallel.make_mesh(8, model_axis_size=2)
   assert mesh.shape == {DATA: 4, parallel.MODEL_AXIS: 2}

@@ -1,0 +1,112 @@
+"""One process of the multi-process test (tests/test_multiprocess.py), and the run it shares
+with the single-process reference.
+
+    python tests/_multiprocess_worker.py --port P --process_id I --num_processes N \
+        --local_devices L --out DIR
+
+joins the run through `contrax.parallel.initialize_distributed` (CPU devices, gloo
+collectives), trains `STEPS` steps on a mesh over all N·L devices with each process loading
+its own slice of every global batch (`contrax.data.batches(process_index, process_count)`),
+saves and restores the state through orbax (`contrax.train`'s checkpoint manager, every
+process taking part), and on process 0 writes the final and the restored parameters to
+`DIR/result.npz`.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+
+import numpy as np
+
+STEPS = 3
+GLOBAL_BATCH = 16
+IMAGE_SHAPE = (8, 8, 1)
+SEED = 3
+# Tests compare programs, not speed: skip XLA's slow backend optimisations.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def dataset():
+  from contrax import data
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (4 * GLOBAL_BATCH,) + IMAGE_SHAPE, dtype=np.uint8)
+  return data.ArraySplit(images, rng.integers(0, 4, 4 * GLOBAL_BATCH))
+
+
+def run_steps(mesh, process_index: int, process_count: int):
+  """`STEPS` training steps of an MLP with cross-replica BatchNorm in its head on `mesh`."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from contrax import augment, data, models, parallel, train
+  from contrax.losses.infonce import infonce
+
+  model = models.create("mlp", projection_dim=8, hidden_sizes=(32,), head_batch_norm=True,
+                        bn_axis_name=parallel.DATA_AXIS)
+  optimizer = optax.sgd(0.5, momentum=0.9)
+  variables = models.init_variables(model, jax.random.key(0), IMAGE_SHAPE)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                           batch_stats=variables["batch_stats"],
+                           opt_state=optimizer.init(variables["params"]))
+  state = jax.device_put(state, parallel.replicated(mesh))
+  step = train.make_train_step(model, optimizer,
+                               functools.partial(infonce, temperature=0.5, tau_plus=0.1),
+                               augment.Augmentation(noise_std=0.05), mesh, seed=SEED)
+  batches = data.batches(dataset(), batch_size=GLOBAL_BATCH, seed=SEED,
+                         process_index=process_index, process_count=process_count)
+  compiled = None
+  for _ in range(STEPS):
+    images, _ = next(batches)
+    images = parallel.shard_host_batch(images, mesh)
+    if compiled is None:
+      compiled = step.lower(state, images).compile(compiler_options=FAST_COMPILE)
+    state, metrics = compiled(state, images)
+    if not bool(metrics["finite"]):
+      raise FloatingPointError("non-finite training step")
+  return state
+
+
+def leaves(tree) -> list[np.ndarray]:
+  import jax
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--port", type=int, required=True)
+  parser.add_argument("--process_id", type=int, required=True)
+  parser.add_argument("--num_processes", type=int, required=True)
+  parser.add_argument("--local_devices", type=int, required=True)
+  parser.add_argument("--out", required=True)
+  args = parser.parse_args(argv)
+
+  from contrax import parallel
+  parallel.initialize_distributed(f"localhost:{args.port}", num_processes=args.num_processes,
+                                  process_id=args.process_id,
+                                  num_cpu_devices=args.local_devices, initialization_timeout=60)
+  import jax
+  from contrax import train
+
+  assert jax.process_count() == args.num_processes, jax.process_count()
+  assert jax.local_device_count() == args.local_devices, jax.local_device_count()
+  mesh = parallel.make_mesh()
+  parallel.check_mesh(mesh)
+  state = run_steps(mesh, jax.process_index(), jax.process_count())
+
+  manager = train.checkpoint_manager(os.path.join(args.out, "workdir"))
+  train._save(manager, state)
+  manager.wait_until_finished()
+  restored = train._restore(manager, state)
+  if parallel.is_chief():
+    final = leaves(state)
+    np.savez(os.path.join(args.out, "result.npz"), num_devices=mesh.size,
+             **{f"final_{i}": x for i, x in enumerate(final)},
+             **{f"restored_{i}": x for i, x in enumerate(leaves(restored))})
+  jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  main()
