@@ -14,7 +14,7 @@ returns a surrogate with the estimate's value and the training gradient
 | `nwj` | `mean_i S_ii − e^{-1} mean_{i≠j} e^{S_ij}` | its own |
 | `dv` | `mean_i S_ii − log mean_{i≠j} e^{S_ij}` | its own |
 | `mine` | DV | DV's, with the partition's denominator replaced by an EMA (0.9) |
-| `js` | NWJ of `S + 1` | f-GAN Jensen–Shannon: `mean −softplus(−S_ii) − mean_{i≠j} softplus(S_ij)` |
+| `js` | NWJ of `S + 1` | f-GAN JS: `mean −softplus(−S_ii) − mean_{i≠j} softplus(S_ij)` |
 | `smile-τ` | DV with `clip(S, −τ, τ)` in the partition term | JS, as `js` |
 
 Optimal critics differ by constants: DV, MINE and SMILE(∞) are invariant to `S + c`,
