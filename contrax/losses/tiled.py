@@ -253,14 +253,18 @@ def _lse_forward(plan: _Plan, z: jax.Array) -> jax.Array:
            _varying(jnp.zeros(shape, z.dtype), plan.axis_name))
   state = _stream_self(plan, blk.big_b, blk.tiles, state)
 
+  def visit(i, cols, state):  # cols: the block of device me - i
+    owner = (blk.me - i) % blk.n_devices
+    return _stream_cross(plan, blk.big_b, blk.tiles, state, cols, blk.column_index(owner))
+
   def step(i, carry):
     cols, state = carry
-    cols = blk.send(cols)  # now holds the block of device me - i
-    owner = (blk.me - i) % blk.n_devices
-    return cols, _stream_cross(plan, blk.big_b, blk.tiles, state, cols, blk.column_index(owner))
+    return blk.send(cols), visit(i, cols, state)  # the next block travels during the compute
 
   if blk.n_devices > 1:
-    _, state = jax.lax.fori_loop(1, blk.n_devices, step, (blk.tiles[0], state))
+    last = blk.n_devices - 1
+    cols, state = jax.lax.fori_loop(1, last, step, (blk.send(blk.tiles[0]), state))
+    state = visit(last, cols, state)
   m, s = state
   lse = jnp.moveaxis(m + jnp.log(s), 1, 0)  # [K, n_tiles, T]
   return lse.reshape(len(plan.scales), -1)[:, :z.shape[0]]
@@ -292,17 +296,21 @@ def _negative_lse_bwd(plan: _Plan, residuals, g):
   gc = per_tile(g * jnp.asarray(plan.scales, z.dtype)[:, None])
   dz = _grad_self(plan, blk.big_b, blk.tiles, lse, gc, jnp.zeros_like(blk.tiles[0]))
 
+  def visit(i, cols, dcols, drow):  # cols: the block of device me - i; dcols: its gradient
+    owner = (blk.me - i) % blk.n_devices
+    return _grad_cross(plan, blk.big_b, blk.tiles, lse, gc, drow, cols,
+                       blk.column_index(owner), dcols)
+
   def step(i, carry):
     cols, dcols, drow = carry
-    cols, dcols = blk.send(cols), blk.send(dcols)  # a block's gradient travels with it
-    owner = (blk.me - i) % blk.n_devices
-    drow, dcols = _grad_cross(plan, blk.big_b, blk.tiles, lse, gc, drow, cols,
-                              blk.column_index(owner), dcols)
-    return cols, dcols, drow
+    drow, dcols = visit(i, cols, dcols, drow)
+    return blk.send(cols), blk.send(dcols), drow  # a block's gradient travels with it
 
   if blk.n_devices > 1:
-    _, dcols, dz = jax.lax.fori_loop(1, blk.n_devices, step,
-                                     (blk.tiles[0], jnp.zeros_like(dz), dz))
+    last = blk.n_devices - 1
+    carry = (blk.send(blk.tiles[0]), jnp.zeros_like(dz), dz)
+    cols, dcols, dz = jax.lax.fori_loop(1, last, step, carry)
+    dz, dcols = visit(last, cols, dcols, dz)
     dz = dz + blk.send(dcols)  # one more hop brings each block's gradient home
   return (_untile(dz, z.shape[0]),)
 
