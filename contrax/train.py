@@ -17,6 +17,7 @@ import functools
 import json
 import math
 import os
+import tempfile
 import time
 from typing import Any, Callable, Optional
 
@@ -212,6 +213,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss_fn: Los
   finite leaves parameters and optimiser state unchanged and reports `finite = False` (the
   caller decides whether to stop or go on), so non-finite values never reach the state.
   """
+  parallel.check_mesh(mesh)  # a mesh that cannot run here fails before anything is traced
   axis = parallel.DATA_AXIS
   base_key = jax.random.key(seed)
 
@@ -251,10 +253,9 @@ def _check_workdir(workdir: str) -> str:
   workdir = os.path.abspath(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    # A uniquely named probe: every process of a multi-host run checks the same directory.
+    with tempfile.TemporaryFile(dir=workdir) as f:
+      f.write(b"ok")
   except OSError as e:
     raise ValueError(f"workdir {workdir!r} is not writable: {e}") from None
   return workdir
