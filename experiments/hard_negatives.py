@@ -32,7 +32,30 @@ Writes runs/hard_negatives/ (or --workdir): one run directory per (method, seed)
 `train.pretrain` (skipped if its summary.json exists, so an interrupted study resumes),
 config.json, results.json, results.md (the table), accuracy_vs_hardness.png, summary.json.
 
-Runtime and result of the default command: see the end of this docstring once measured.
+Runtime of the default command: 40 min wall (21 runs of ~90-140 s: 200 steps, compilation
+and evaluation) on the 2-core CPU while other jobs kept its load average at 15-23; about a
+third of that on an idle machine.
+
+Result of the default command (digits, MLP encoder, 200 steps of batch 256, t = 0.5,
+tau+ = 0.1, 10 Sinkhorn / L-BFGS iterations, gamma = 0.1; seeds 0, 1, 2; mean ± std):
+
+| method | kNN acc. | linear acc. | mean sim. of weighted negatives | excess over uniform |
+|---|---|---|---|---|
+| simclr | 0.941 ± 0.024 | 0.988 ± 0.003 | -0.001 | 0.000 |
+| debiased | 0.944 ± 0.023 | 0.987 ± 0.006 | -0.001 | 0.000 |
+| hcl (beta = 1) | 0.947 ± 0.019 | 0.978 ± 0.004 | 0.214 | 0.213 ± 0.006 |
+| hcl_ot eps = 0.3 | 0.953 ± 0.016 | 0.979 ± 0.001 | 0.516 | 0.514 ± 0.007 |
+| hcl_ot eps = 0.7 | 0.949 ± 0.018 | 0.980 ± 0.004 | 0.286 | 0.285 ± 0.005 |
+| hcl_ot eps = 2 | 0.948 ± 0.019 | 0.982 ± 0.002 | 0.114 | 0.114 ± 0.002 |
+| quadratic_ot | 0.953 ± 0.012 | 0.981 ± 0.005 | 0.471 | 0.469 ± 0.007 |
+
+Hardness is ordered as the theory says (eps = 0.3 > quadratic > eps = 0.7 > HCL(beta = 1,
+i.e. semi-relaxed eps = 1) > eps = 2 > uniform), but on digits at this budget the accuracy
+differences are within one standard deviation over seeds: kNN drifts up by ~1 point with
+hardness, the linear probe down by ~0.5-1 point. Digits is too easy (and the seed-to-seed
+spread of kNN too large) to separate the methods; the CIFAR setting above is where [P002]'s
+gains (a few points on CIFAR-10/STL-10 after 400 epochs of ResNet-50) would have to show,
+and it was not run here (an hour-scale CPU budget per method and seed).
 """
 from __future__ import annotations
 
