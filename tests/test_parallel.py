@@ -437,6 +437,12 @@ def test_per_device_batchnorm_is_refused():
     run_steps(local_bn, parallel.make_mesh(N_DEV), step_images()[:1])
 
 
+def test_train_step_refuses_a_mesh_without_data_axis():
+  mesh = Mesh(np.asarray(jax.devices()), ("batch",))
+  with pytest.raises(ValueError, match="mesh must have a 'data' axis"):
+    train.make_train_step(tiny_model("mlp"), optax.sgd(0.1), ntxent, AUGMENTATION, mesh, seed=0)
+
+
 @pytest.mark.slow
 def test_steps_on_a_data_model_mesh_equal_one_device():
   """A 2-D ('data', 'model') mesh: batch over 4 data devices, replicated over 2 model ones."""
