@@ -1,7 +1,10 @@
 """One CLI convention for every experiment: an `ml_collections.ConfigDict` plus flags.
 
 Each leaf of the config becomes a flag `--a.b value` (or `--a.b=value`), parsed to the leaf's
-type; tuples take comma-separated values. `--workdir DIR` and `--resume` are common to all.
+type; tuples take comma-separated values. `--workdir DIR` and `--resume` are common to all,
+and so is `--distributed`: join a multi-process run (`contrax.parallel.initialize_distributed`:
+auto-detected on TPU pods, Slurm and Open MPI; elsewhere from the environment variables
+`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`) before anything else runs.
 """
 from __future__ import annotations
 
@@ -59,6 +62,10 @@ def parse(config: ml_collections.ConfigDict, argv: Sequence[str] | None = None,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", default=None, help="run directory (default: runs/<name>)")
   parser.add_argument("--resume", action="store_true", help="resume from the latest checkpoint")
+  parser.add_argument("--distributed", action="store_true",
+                      help="join a multi-process run: auto-detected on TPU pods, Slurm, Open MPI; "
+                           "elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+                           "JAX_PROCESS_ID (and JAX_NUM_CPU_DEVICES on CPU)")
   defaults = dict(_leaves(config))
   for name, value in defaults.items():
     parser.add_argument(f"--{name}", dest=name, default=None, metavar="VALUE",
@@ -76,4 +83,7 @@ def parse(config: ml_collections.ConfigDict, argv: Sequence[str] | None = None,
       node = node[p]
     with node.ignore_type():
       node[leaf] = value
+  if args.distributed:
+    from contrax import parallel  # imports JAX; joining must precede any JAX computation
+    parallel.initialize_distributed()
   return config, args

@@ -9,8 +9,7 @@ collectives), trains `STEPS` steps on a mesh over all N·L devices with each pro
 its own slice of every global batch (`contrax.data.batches(process_index, process_count)`),
 saves and restores the state through orbax (`contrax.train`'s checkpoint manager, every
 process taking part), and on process 0 writes the final and the restored parameters to
-`DIR/result.npz`. With `--pretrain`, it runs `contrax.train.pretrain(pretrain_config(),
-DIR/run)` instead, unchanged: the same call as on one device.
+`DIR/result.npz`.
 """
 from __future__ import annotations
 
@@ -69,15 +68,6 @@ def run_steps(mesh, process_index: int, process_count: int):
   return state
 
 
-def pretrain_config():
-  """A few steps of the main job (digits, MLP, NT-Xent) with logs, evaluation and checkpoints."""
-  from contrax import train
-  c = train.default_config()
-  c.steps, c.batch_size, c.log_every, c.eval_every, c.checkpoint_every = 4, 32, 2, 2, 2
-  c.progress, c.knn_k, c.num_devices = False, 5, 0
-  return c
-
-
 def leaves(tree) -> list[np.ndarray]:
   import jax
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
@@ -90,7 +80,6 @@ def main(argv=None) -> None:
   parser.add_argument("--num_processes", type=int, required=True)
   parser.add_argument("--local_devices", type=int, required=True)
   parser.add_argument("--out", required=True)
-  parser.add_argument("--pretrain", action="store_true")
   args = parser.parse_args(argv)
 
   from contrax import parallel
@@ -102,10 +91,6 @@ def main(argv=None) -> None:
 
   assert jax.process_count() == args.num_processes, jax.process_count()
   assert jax.local_device_count() == args.local_devices, jax.local_device_count()
-  if args.pretrain:
-    train.pretrain(pretrain_config(), os.path.join(args.out, "run"))
-    jax.distributed.shutdown()
-    return
   mesh = parallel.make_mesh()
   parallel.check_mesh(mesh)
   state = run_steps(mesh, jax.process_index(), jax.process_count())

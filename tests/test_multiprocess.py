@@ -3,11 +3,13 @@
 The test starts two worker processes (tests/_multiprocess_worker.py) on localhost with a free
 port, CPU devices and gloo collectives; they train three steps, each loading its own half of
 every global batch, checkpoint and restore through orbax, and process 0 writes the result.
-The reference is the same run in this process on a single device. The workers are killed on
-failure or timeout.
+The reference is the same run in this process on a single device. The slow test launches
+the main job's CLI (`experiments/pretrain.py --distributed`) the same way. Processes are
+killed on failure or timeout.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -49,19 +51,23 @@ def worker_env() -> dict:
   return env
 
 
-def run_workers(out_dir, *extra_args: str) -> None:
-  """Start the workers, wait for both (killing them on a failure or timeout), check exits."""
-  port, env = free_port(), worker_env()
-  log_paths = [os.path.join(out_dir, f"worker{i}.log") for i in range(NUM_PROCESSES)]
+def worker_command(process_id: int, port: int, out_dir) -> list[str]:
+  return [sys.executable, os.path.join(REPO, "tests", "_multiprocess_worker.py"),
+          "--port", str(port), "--process_id", str(process_id),
+          "--num_processes", str(NUM_PROCESSES), "--local_devices", str(LOCAL_DEVICES),
+          "--out", str(out_dir)]
+
+
+def run_processes(out_dir, commands: list[list[str]], envs: list[dict]) -> None:
+  """Start one process per command, wait for all (killing them all on a failure or timeout),
+  and raise with the tail of each log unless all exit with status 0."""
+  log_paths = [os.path.join(out_dir, f"process{i}.log") for i in range(len(commands))]
   procs = []
   try:
-    for i, path in enumerate(log_paths):
+    for command, env, path in zip(commands, envs, log_paths):
       with open(path, "w") as log:
-        procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "tests", "_multiprocess_worker.py"),
-             "--port", str(port), "--process_id", str(i), "--num_processes", str(NUM_PROCESSES),
-             "--local_devices", str(LOCAL_DEVICES), "--out", str(out_dir), *extra_args],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+        procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      cwd=REPO))
     deadline = time.monotonic() + TIMEOUT_SECONDS
     while any(p.poll() is None for p in procs) and time.monotonic() < deadline \
         and all(p.poll() in (None, 0) for p in procs):
@@ -72,17 +78,19 @@ def run_workers(out_dir, *extra_args: str) -> None:
         p.kill()
       p.wait()
   codes = [p.returncode for p in procs]
-  if codes != [0] * NUM_PROCESSES:
+  if codes != [0] * len(procs):
     tails = []
     for i, path in enumerate(log_paths):
       with open(path) as log:
-        tails.append(f"--- worker {i} (exit {codes[i]}):\n" + "".join(log.readlines()[-25:]))
-    raise AssertionError(f"workers failed, or were killed after {TIMEOUT_SECONDS} s:\n"
+        tails.append(f"--- process {i} (exit {codes[i]}):\n" + "".join(log.readlines()[-25:]))
+    raise AssertionError(f"processes failed, or were killed after {TIMEOUT_SECONDS} s:\n"
                          + "\n".join(tails))
 
 
 def test_two_processes_match_one_device(tmp_path):
-  run_workers(tmp_path)
+  port, env = free_port(), worker_env()
+  run_processes(tmp_path, [worker_command(i, port, tmp_path) for i in range(NUM_PROCESSES)],
+                [env] * NUM_PROCESSES)
   result = np.load(tmp_path / "result.npz")
   assert int(result["num_devices"]) == NUM_PROCESSES * LOCAL_DEVICES
   reference = worker.leaves(worker.run_steps(parallel.make_mesh(1), 0, 1))
@@ -95,19 +103,33 @@ def test_two_processes_match_one_device(tmp_path):
     np.testing.assert_array_equal(r, a, err_msg=f"leaf {i}: orbax restore")
 
 
+# A few steps of the main job (digits, MLP, NT-Xent) with logs, evaluation and checkpoints.
+PRETRAIN_FLAGS = dict(steps=4, batch_size=32, log_every=2, eval_every=2, checkpoint_every=2,
+                      progress=False, knn_k=5)
+
+
 @pytest.mark.slow
-def test_pretrain_as_two_processes_equals_one_process(tmp_path):
-  """`train.pretrain` unchanged on 2 processes: process 0 alone writes the logs (each record
-  once), orbax checkpoints the global state, and the final state equals a one-process run on
-  the same number of devices."""
-  run_workers(tmp_path, "--pretrain")
-  run = tmp_path / "run"
+def test_pretrain_cli_on_two_processes_equals_one_process(tmp_path):
+  """The launch of the README: `experiments/pretrain.py --distributed` on every process with
+  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID / JAX_NUM_CPU_DEVICES set.
+  Process 0 alone writes the logs (each record once), orbax checkpoints the global state, and
+  the final state equals a one-process run of `train.pretrain` on as many devices."""
+  port, run = free_port(), tmp_path / "run"
+  command = [sys.executable, os.path.join(REPO, "experiments", "pretrain.py"), "--distributed",
+             "--workdir", str(run)]
+  command += [arg for k, v in PRETRAIN_FLAGS.items() for arg in (f"--{k}", str(v).lower())]
+  envs = [dict(worker_env(), JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+               JAX_NUM_PROCESSES=str(NUM_PROCESSES), JAX_PROCESS_ID=str(i),
+               JAX_NUM_CPU_DEVICES=str(LOCAL_DEVICES)) for i in range(NUM_PROCESSES)]
+  run_processes(tmp_path, [command] * NUM_PROCESSES, envs)
   records = train.read_metrics(str(run))
   keys = [(r["step"], tuple(sorted(r))) for r in records]
   assert len(keys) == len(set(keys)) == 4  # loss and kNN at steps 2 and 4, written once
   assert {"config.json", "summary.json", "loss.png", "accuracy.png"} <= set(os.listdir(run))
-  config = worker.pretrain_config()
-  config.num_devices = NUM_PROCESSES * LOCAL_DEVICES
+  with open(run / "summary.json") as f:
+    assert json.load(f)["devices"] == NUM_PROCESSES * LOCAL_DEVICES
+  config = train.default_config()
+  config.update(PRETRAIN_FLAGS, num_devices=NUM_PROCESSES * LOCAL_DEVICES)
   train.pretrain(config, str(tmp_path / "reference"))
   two, one = (train.checkpoint_manager(str(d)) for d in (run, tmp_path / "reference"))
   assert two.latest_step() == one.latest_step() == config.steps

@@ -361,6 +361,17 @@ def test_initialize_distributed_argument_errors():
                                     cpu_collectives="nccl")
 
 
+def test_cli_flag_distributed_joins_before_anything_else(monkeypatch):
+  """`--distributed`, common to every experiment's CLI, calls `initialize_distributed()`."""
+  from contrax import config as config_lib
+  calls = []
+  monkeypatch.setattr(parallel, "initialize_distributed", lambda *a, **k: calls.append((a, k)))
+  config_lib.parse(train.default_config(), ["--steps", "3"])
+  assert calls == []
+  config, _ = config_lib.parse(train.default_config(), ["--distributed", "--steps", "3"])
+  assert calls == [((), {})] and config.steps == 3
+
+
 # ----------------------------------------------------------------------------- training steps
 
 
