@@ -121,12 +121,6 @@ def check_global_batch(global_batch_size: int, mesh: Mesh) -> None:
                      f"'{DATA_AXIS}' mesh axis; use a multiple of {n}")
 
 
-def process_batch_size(global_batch_size: int, mesh: Mesh) -> int:
-  """Rows of the global batch that this process loads (`global / process_count`)."""
-  check_global_batch(global_batch_size, mesh)
-  return global_batch_size // jax.process_count()
-
-
 def data_sharding(mesh: Mesh) -> NamedSharding:
   """Leading axis split over `data` (replicated over any other mesh axis)."""
   return NamedSharding(mesh, P(DATA_AXIS))

@@ -4,7 +4,10 @@ The reference is the same function without `axis_name` on the concatenated globa
 (one device holds everything, no collective runs), which the loss tests of each module check
 against float64 oracles. Here, under `jax.shard_map` over 8 virtual CPU devices, each
 device holds 1/8 of the batch, scores its local rows against all-gathered columns and
-differentiates the global mean; values and gradients must agree to 1e-5 relative.
+differentiates the global mean; values and gradients must agree to 1e-5 relative. The
+cases are compiled in a few groups (one program each); the OT catalogue, every loss of
+`train.LOSSES` as the training loop builds it, the MLP and the data × model mesh are slow
+tests (`pytest -m slow`).
 """
 from __future__ import annotations
 
@@ -205,6 +208,17 @@ CASES = {
 }
 
 
+def train_loss_case(name: str) -> Case:
+  """The loss `train.make_loss` builds for `--loss name` with the default hyper-parameters."""
+  config = train.default_config()
+  config.loss = name
+  loss = train.make_loss(config)
+  return pair_case(lambda z1, z2, ax: loss(z1, z2, axis_name=ax))
+
+
+# Every loss the training loop offers, as it builds them (new entries are covered by name).
+CASES.update({f"train:{name}": train_loss_case(name) for name in train.LOSSES})
+
 # Cases compiled together: one program per group (sharded, and single-device) keeps the
 # compile time down. test_ot.py checks the default OT weighting under shard_map on every run;
 # the full OT catalogue here is slow (`pytest -m slow`).
@@ -219,7 +233,8 @@ GROUPS = {
     "barlow_curl": ("barlow_twins", "curl_logistic", "curl_hinge", "curl_block",
                     "mean_classifier", "multiway_logistic", "multiway_hinge"),
 }
-SLOW_GROUPS = ("ot",)
+GROUPS["train"] = tuple(f"train:{name}" for name in train.LOSSES)
+SLOW_GROUPS = ("ot", "train")
 
 
 @functools.lru_cache(maxsize=None)
