@@ -1,0 +1,322 @@
+"""Property-based fuzzing (hypothesis) of what tests/test_loss_properties.py does not cover.
+
+That file fuzzes the dense InfoNCE family, the uniform / HCL / α-direct weightings, α-CL,
+CURL and Barlow Twins. Here:
+
+1. OT negative weightings (`negatives.ot` for every marginal type, gradient mode and cost;
+   `negatives.ot_quadratic`) and the HCL-OT loss built on them: finite, non-negative,
+   row-stochastic weights with exact zeros on self/positive pairs, finite loss and gradients,
+   for embeddings with zero rows, duplicate rows and magnitudes from 1e-30 to 3e38, at
+   epsilon (gamma) from 1e-3 to 10.
+2. The tiled (streaming) InfoNCE at temperatures 0.01 to 10: finite value and gradient.
+3. Every MI estimator of `contrax.mi` (all of `ESTIMATORS`, plus `js_fgan` and
+   `smile_estimate`): finite value and gradient for critic scores |S| <= 80; the
+   log-sum-exp estimators (InfoNCE, DV, MINE, SMILE) up to |S| = 1e30. NWJ (and JS's NWJ
+   readout) contain `e^S`, which overflows float32 beyond S ~ 88.7, where the exact bound
+   itself is below -3.4e38: there the value is -inf (never NaN), checked separately.
+4. Bad hyper-parameters (drawn by hypothesis) raise ValueError / TypeError naming them.
+
+Two defects hypothesis found in `contrax.ot` are kept as strict xfails (they pass once
+fixed, which then fails the run so the marker is removed): the implicit Sinkhorn gradient
+raises a lineax error when two embeddings coincide, and at epsilon <= 3e-3 a row of OT
+weights can be all zero.
+
+Jitted closures take epsilon / gamma as traced arguments (`contrax.ot` allows that), so each
+configuration compiles once and the examples reuse it; `derandomize=True` makes CI
+reproducible.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contrax import mi, negatives
+from contrax import ot as ot_lib
+from contrax.losses import infonce
+
+B, D, K = 3, 4, 4
+SETTINGS = settings(max_examples=10, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+log_uniform = lambda low, high: st.floats(math.log10(low), math.log10(high)).map(  # noqa: E731
+    lambda e: float(10.0 ** e))
+
+
+@st.composite
+def embeddings(draw, rows=2 * B, cols=D, min_exponent=-30, max_exponent=38):
+  """`[rows, cols]` float32: rows of magnitude 10^e for e in [min, max], some rows zero and
+  some duplicated (so that pairs coincide)."""
+  mantissa = draw(st.lists(st.floats(-1.0, 1.0, width=32), min_size=rows * cols,
+                           max_size=rows * cols))
+  exponent = draw(st.lists(st.integers(min_exponent, max_exponent), min_size=rows,
+                           max_size=rows))
+  z = np.array(mantissa, np.float32).reshape(rows, cols)
+  z *= np.float32(10.0) ** np.array(exponent, np.float32)[:, None] / np.float32(3.4)
+  for r in draw(st.lists(st.integers(0, rows - 1), max_size=2)):
+    z[r] = 0.0
+  for src, dst in draw(st.lists(st.tuples(st.integers(0, rows - 1), st.integers(0, rows - 1)),
+                                max_size=2)):
+    z[dst] = z[src]
+  assert np.all(np.isfinite(z))
+  return z
+
+
+def views(z):
+  return jnp.asarray(z[:B]), jnp.asarray(z[B:2 * B])
+
+
+def finite(x) -> bool:
+  return bool(np.all(np.isfinite(np.asarray(x))))
+
+
+def excluded_mask() -> np.ndarray:
+  """Self and positive entries of the stacked `[2B, 2B]` layout."""
+  i = np.arange(2 * B)
+  mask = np.zeros((2 * B, 2 * B), bool)
+  mask[i, i] = True
+  mask[i, (i + B) % (2 * B)] = True
+  return mask
+
+
+def assert_negative_weights(w, converged=True):
+  """Finite, non-negative, zero on self/positive pairs; rows sum to 1 when the solver says it
+  converged (an unconverged solve may leave a row short: it must then say so)."""
+  w = np.asarray(w)
+  assert w.shape == (2 * B, 2 * B) and finite(w) and np.all(w >= 0), w
+  assert np.all(w[excluded_mask()] == 0.0), w
+  assert np.all(w.sum(axis=1) <= 1.0 + 1e-4), w
+  if converged:
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- 1. OT weights
+
+OT_CONFIGS = [  # (marginals, gradient, cost): every marginal, gradient mode and cost
+    ("balanced", "stop", "sqeuclidean"),
+    ("balanced", "unroll", "sqeuclidean"),
+    ("balanced", "implicit", "sqeuclidean"),
+    ("semi_relaxed", "stop", "sqeuclidean"),
+    ("unbalanced", "stop", "sqeuclidean"),
+    ("balanced", "stop", "exp"),
+]
+PROBE = jnp.asarray(np.random.default_rng(0).normal(size=(2 * B, 2 * B)), jnp.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def ot_functions(marginals: str, gradient: str, cost: str):
+  """Jitted (weights, HCL-OT loss and its gradient, probe gradient through the weights)."""
+  weights = functools.partial(negatives.ot, marginals=marginals, gradient=gradient, cost=cost,
+                              num_iterations=10)
+
+  def hcl_ot_loss(z1, z2, epsilon):
+    w = jax.lax.stop_gradient(weights(z1, z2, epsilon=epsilon))
+    return infonce(z1, z2, temperature=0.5, tau_plus=0.1, weights=w)
+
+  probe_loss = lambda z1, z2, epsilon: jnp.sum(weights(z1, z2, epsilon=epsilon) * PROBE)  # noqa
+  with_diagnostics = functools.partial(ot_lib.negative_weights, marginals=marginals,
+                                      gradient=gradient, cost=cost, num_iterations=10)
+  return (jax.jit(lambda z1, z2, epsilon: (weights(z1, z2, epsilon=epsilon),
+                                           with_diagnostics(z1, z2, epsilon=epsilon)[1])),
+          jax.jit(jax.value_and_grad(hcl_ot_loss, argnums=(0, 1))),
+          jax.jit(jax.grad(probe_loss, argnums=(0, 1))) if gradient != "stop" else None)
+
+
+@pytest.mark.parametrize("marginals,gradient,cost", OT_CONFIGS)
+@SETTINGS
+@given(z=embeddings(), epsilon=log_uniform(1e-3, 10.0))
+def test_ot_weights_and_hcl_ot_loss_are_finite(marginals, gradient, cost, z, epsilon):
+  weights, loss_and_grad, probe_grad = ot_functions(marginals, gradient, cost)
+  z1, z2 = views(z)
+  w, diagnostics = weights(z1, z2, epsilon)
+  assert_negative_weights(w, converged=bool(diagnostics.converged))
+  loss, grads = loss_and_grad(z1, z2, epsilon)
+  assert finite(loss) and all(finite(g) for g in grads), (loss, grads)
+  if probe_grad is None:
+    return
+  try:  # gradients through the Sinkhorn solution
+    grads = probe_grad(z1, z2, epsilon)
+  except ValueError as e:  # lineax refuses a singular system: an error, never a silent NaN
+    assert gradient == "implicit" and "non-finite" in str(e), e
+    return
+  assert all(finite(g) for g in grads), grads
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
+    "contrax.ot gradient='implicit': ott's ImplicitDiff runs lineax CG without a ridge, and the "
+    "linear system is singular when two embeddings coincide (or ill-conditioned at small "
+    "epsilon), so the backward pass raises 'A linear solver returned non-finite output'"))
+def test_implicit_ot_gradient_with_a_duplicate_embedding():
+  """Found by test_ot_weights_and_hcl_ot_loss_are_finite; fixed by a ridge (ott's
+  `ImplicitDiff(solver_kwargs={"ridge_identity": 1e-6, "ridge_kernel": 1e-6})` makes this
+  case finite and equal to the unrolled gradient to 1e-7, but not epsilon <= 0.1)."""
+  z = np.random.default_rng(1).normal(size=(2 * B, D)).astype(np.float32)
+  z[2] = z[0]  # two images of the batch with one embedding (a duplicate image, a collapse)
+  _, _, probe_grad = ot_functions("balanced", "implicit", "sqeuclidean")
+  assert all(finite(g) for g in probe_grad(*views(z), 1.0))
+
+
+@functools.lru_cache(maxsize=None)
+def quadratic_functions():
+  weights = lambda z1, z2, gamma: negatives.ot_quadratic(z1, z2, gamma=gamma,  # noqa: E731
+                                                         num_iterations=20)
+
+  def loss(z1, z2, gamma):
+    return infonce(z1, z2, temperature=0.5, weights=weights(z1, z2, gamma))
+  return jax.jit(weights), jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+
+@SETTINGS
+@given(z=embeddings(), gamma=log_uniform(1e-3, 10.0))
+def test_quadratic_ot_weights_are_finite(z, gamma):
+  weights, loss_and_grad = quadratic_functions()
+  z1, z2 = views(z)
+  w = np.asarray(weights(z1, z2, gamma))
+  assert_negative_weights(w)
+  loss, grads = loss_and_grad(z1, z2, gamma)
+  assert finite(loss) and all(finite(g) for g in grads), (loss, grads)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "contrax.ot: at epsilon <= 3e-3 balanced Sinkhorn (log domain, even 50 iterations) leaves "
+    "a row of the coupling at zero mass, so negatives.ot returns a row of zero weights (the "
+    "anchor silently gets no negatives) where its docstring promises rows summing to 1; "
+    "diagnostics.converged is False"))
+def test_ot_weight_rows_sum_to_one_at_small_epsilon():
+  z = np.zeros((2 * B, D), np.float32)
+  z[-1, -1] = 0.3  # five collapsed embeddings and one other: found by hypothesis
+  w = np.asarray(negatives.ot(*views(z), epsilon=1e-3, num_iterations=50))
+  np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- 2. tiled InfoNCE
+
+TEMPERATURES = (0.01, 0.1, 1.0, 10.0)  # static under jit: one compilation each
+
+
+@functools.lru_cache(maxsize=None)
+def tiled_loss(temperature: float, tau_plus: float, decoupled: bool):
+  f = lambda z1, z2: infonce(z1, z2, temperature=temperature, tau_plus=tau_plus,  # noqa
+                             decoupled=decoupled, implementation="tiled", tile_size=4)
+  return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
+
+
+@SETTINGS
+@given(z=embeddings(), t=st.sampled_from(TEMPERATURES), tau=st.sampled_from((0.0, 0.1)),
+       decoupled=st.booleans())
+def test_tiled_infonce_is_finite(z, t, tau, decoupled):
+  value, grads = tiled_loss(t, tau, decoupled)(*views(z))
+  assert finite(value) and all(finite(g) for g in grads), (value, grads)
+
+
+# ----------------------------------------------------------------------------- 3. MI estimators
+
+
+def mi_functions():
+  """name -> (scores -> scalar): every estimator of `contrax.mi`."""
+  functions = {name: (lambda s, name=name: mi.objective(name, s, mi.mine_init())[0])
+               for name in mi.ESTIMATORS}
+  functions["js_fgan"] = mi.js_fgan
+  functions["smile_estimate(tau=2)"] = lambda s: mi.smile_estimate(s, 2.0)
+  return functions
+
+
+LSE_ESTIMATORS = ("infonce", "dv", "mine", "smile-1", "smile-5", "smile-inf", "js_fgan",
+                  "smile_estimate(tau=2)")
+
+
+@st.composite
+def scores(draw, max_exponent: int, cap: float = math.inf):
+  """`[K, K]` critic scores of magnitudes 10^e (e <= max_exponent), capped at `cap`, with
+  some equal rows and zero entries."""
+  s = embeddings(rows=K, cols=K, min_exponent=-30, max_exponent=max_exponent)
+  s = np.clip(draw(s), -cap, cap)
+  return jnp.asarray(s)
+
+
+@functools.lru_cache(maxsize=None)
+def mi_value_and_grad(name: str):
+  return jax.jit(jax.value_and_grad(mi_functions()[name]))
+
+
+@SETTINGS
+@given(s=scores(max_exponent=3, cap=80.0))
+def test_every_mi_estimator_is_finite_for_moderate_scores(s):
+  for name in mi_functions():
+    value, grad = mi_value_and_grad(name)(s)
+    assert finite(value) and finite(grad), (name, s, value, grad)
+  assert float(mi.infonce(s)) <= math.log(K) + 1e-5  # the InfoNCE bound
+  surrogate, state = mi.mine(s, mi.mine_init())
+  surrogate, state = mi.mine(s * 0.5, state)  # the moving average threaded on
+  assert finite(surrogate) and finite(state.log_ema)
+
+
+@SETTINGS
+@given(s=scores(max_exponent=30))
+def test_log_sum_exp_estimators_are_finite_for_huge_scores(s):
+  for name in LSE_ESTIMATORS:
+    value, grad = mi_value_and_grad(name)(s)
+    assert finite(value) and finite(grad), (name, s, value, grad)
+
+
+def test_nwj_overflow_is_minus_inf_not_nan():
+  """Beyond S ~ 88.7 the NWJ bound `mean S_ii - e^-1 mean e^S_ij` is below -float32 max."""
+  s = jnp.full((K, K), 200.0)
+  assert float(mi.nwj(s)) == -math.inf
+  assert float(mi.objective("js", s - 1.0)[0]) == -math.inf
+  assert finite(jax.grad(mi.js)(s - 1.0))  # JS trains on the f-GAN objective: still finite
+
+
+# ----------------------------------------------------------------------------- 4. bad arguments
+
+not_positive = st.one_of(st.floats(max_value=0.0, allow_nan=False),
+                         st.sampled_from([float("nan"), float("inf")]))
+not_a_choice = st.text(min_size=1, max_size=8).filter(
+    lambda s: s not in ot_lib.MARGINALS + ot_lib.COSTS + ot_lib.GRADIENTS + mi.ESTIMATORS)
+Z = jnp.ones((B, D))
+
+
+@SETTINGS
+@given(bad=not_positive, count=st.integers(-3, 0), name=not_a_choice)
+def test_bad_ot_arguments_raise_naming_them(bad, count, name):
+  with pytest.raises(ValueError, match="epsilon"):
+    negatives.ot(Z, Z, epsilon=bad)
+  with pytest.raises(ValueError, match="gamma"):
+    negatives.ot_quadratic(Z, Z, gamma=bad)
+  with pytest.raises(ValueError, match="num_iterations"):
+    negatives.ot(Z, Z, epsilon=0.1, num_iterations=count)
+  for argument in ("marginals", "gradient", "cost"):
+    with pytest.raises(ValueError, match=f"unknown {argument} .*valid choices"):
+      negatives.ot(Z, Z, epsilon=0.1, **{argument: name})
+  with pytest.raises(ValueError, match="at least 2 images"):
+    negatives.ot(Z[:1], Z[:1], epsilon=0.1)
+  with pytest.raises(ValueError, match="z1"):
+    negatives.ot(Z, jnp.ones((B + 1, D)), epsilon=0.1)
+
+
+@SETTINGS
+@given(bad=not_positive, decay=st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0)),
+       name=not_a_choice, k=st.integers(2, 5))
+def test_bad_mi_arguments_raise_naming_them(bad, decay, name, k):
+  s = jnp.zeros((k, k))
+  with pytest.raises(ValueError, match="tau"):
+    mi.smile(s, bad if not (bad == math.inf) else -1.0)  # inf is valid: no clipping
+  with pytest.raises(ValueError, match="decay"):
+    mi.mine(s, mi.mine_init(), decay=decay)
+  with pytest.raises(ValueError, match="unknown estimator .*valid choices"):
+    mi.objective(name, s)
+  with pytest.raises(ValueError, match="scores"):
+    mi.dv(jnp.zeros((k, k + 1)))
+  with pytest.raises(ValueError, match="scores"):
+    mi.infonce(jnp.zeros((1, 1)))
+  with pytest.raises(ValueError, match="scores"):
+    mi.nwj(jnp.zeros((k, k, 1)))
+  with pytest.raises(TypeError, match="scores"):
+    mi.dv(jnp.zeros((k, k), jnp.int32))
+  with pytest.raises(ValueError, match="state"):
+    mi.objective("mine", s)
