@@ -365,30 +365,66 @@ def test_unwritable_output_directory_is_an_error_before_compilation(tmp_path, no
 # ----------------------------------------------------------------------------- 4. bad data
 
 
-def corrupt_image_folder(root) -> str:
-  """2 classes of 14 readable 8×8 grayscale PNGs, plus a corrupt PNG and a text file."""
+def image_folder(root, classes=("circle", "square"), per_class=14) -> str:
+  """Readable 8×8 grayscale PNGs, `per_class` in each class folder."""
   rng = np.random.default_rng(0)
-  for c, name in enumerate(("circle", "square")):
+  for c, name in enumerate(classes):
     os.makedirs(root / name)
-    for i in range(14):
+    for i in range(per_class):
       image = rng.integers(0, 128, (8, 8), dtype=np.uint8) + 100 * c
       Image.fromarray(image.astype(np.uint8)).save(root / name / f"{i}.png")
+  return f"folder:{root}"
+
+
+def corrupt_image_folder(root) -> str:
+  """2 classes of 14 readable images, plus a corrupt PNG, a text file and a dangling link."""
+  spec = image_folder(root)
   (root / "circle" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
   (root / "square" / "notes.txt").write_text("not an image")
-  return f"folder:{root}"
+  os.symlink(root / "gone.png", root / "square" / "moved.png")  # unreadable: no such file
+  return spec
 
 
 def test_corrupt_image_folder_refused_before_compiling_with_raise(tmp_path, no_compilation):
   spec = corrupt_image_folder(tmp_path / "images")
-  with pytest.raises(train.ConfigError, match=r"2 of 30 files are not readable images: "
-                     r".*broken\.png.*notes\.txt"):
+  with pytest.raises(train.ConfigError, match=r"3 of 31 files are not readable images: "
+                     r".*broken\.png.*moved\.png \(not a regular file\).*notes\.txt"):
     train.pretrain(tiny_config(data=spec, batch_size=8, on_bad_file="raise"),
                    str(tmp_path / "run"))
 
 
+def npz_file(path, **changes) -> str:
+  rng = np.random.default_rng(1)
+  arrays = dict(x_train=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8),
+                y_train=np.arange(40) % 3, x_test=rng.integers(0, 256, (9, 8, 8), dtype=np.uint8),
+                y_test=np.arange(9) % 3)
+  arrays.update(changes)
+  np.savez(path, **arrays)
+  return f"npz:{path}"
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda root: image_folder(root, classes=("only",)), "at least 2 classes, found 1"),
+    (lambda root: (image_folder(root, classes=("a",)), os.makedirs(root / "b"))[0],
+     r"class folder .*b'? is empty"),
+    (lambda root: npz_file(root / "d.npz", y_train=np.arange(39) % 3),
+     "x_train and y_train must have the same length"),
+    (lambda root: npz_file(root / "d.npz", x_test=np.zeros((9, 7, 8), np.uint8)),
+     "must share the image shape"),
+    (lambda root: npz_file(root / "d.npz", class_names=np.array(["a", "b"])),
+     r"labels must lie in \[0, 2\)"),
+    (lambda root: npz_file(root / "d.npz", y_test=-(np.arange(9) % 3)), "y_test must be >= 0"),
+])
+def test_unusable_data_is_an_error_before_compilation(tmp_path, no_compilation, make, match):
+  (tmp_path / "data").mkdir()
+  spec = make(tmp_path / "data")
+  with pytest.raises(train.ConfigError, match=match):
+    train.pretrain(tiny_config(data=spec, batch_size=8), str(tmp_path / "run"))
+
+
 def test_corrupt_image_folder_trains_with_skip(tmp_path, no_final_eval):
   spec = corrupt_image_folder(tmp_path / "images")
-  with pytest.warns(UserWarning, match=r"2 of 30 files are not readable images.*skipped"):
+  with pytest.warns(UserWarning, match=r"3 of 31 files are not readable images.*skipped"):
     summary = train.pretrain(tiny_config(data=spec, batch_size=8, steps=2, checkpoint_every=0),
                              str(tmp_path / "run"))
   assert summary["steps"] == 2
@@ -425,4 +461,4 @@ def test_cli_unwritable_workdir_and_corrupt_folder(tmp_path):
   spec = corrupt_image_folder(tmp_path / "images")
   done = run_cli(["--data", spec, "--on_bad_file", "raise", "--batch_size", "8",
                   "--workdir", str(tmp_path / "run")])
-  assert_one_line_error(done, 2, r"^error: image folder .*2 of 30 files are not readable")
+  assert_one_line_error(done, 2, r"^error: image folder .*3 of 31 files are not readable")
