@@ -7,7 +7,7 @@ CURL and Barlow Twins. Here:
    `negatives.ot_quadratic`) and the HCL-OT loss built on them: finite, non-negative,
    row-stochastic weights with exact zeros on self/positive pairs, finite loss and gradients,
    for embeddings with zero rows, duplicate rows and magnitudes from 1e-30 to 3e38, at
-   epsilon (gamma) from 1e-3 to 10.
+   epsilon from 1e-2 to 10 (below, see the xfail) and gamma from 1e-3 to 10.
 2. The tiled (streaming) InfoNCE at temperatures 0.01 to 10: finite value and gradient.
 3. Every MI estimator of `contrax.mi` (all of `ESTIMATORS`, plus `js_fgan` and
    `smile_estimate`): finite value and gradient for critic scores |S| <= 80; the
@@ -19,7 +19,7 @@ CURL and Barlow Twins. Here:
 Two defects hypothesis found in `contrax.ot` are kept as strict xfails (they pass once
 fixed, which then fails the run so the marker is removed): the implicit Sinkhorn gradient
 raises a lineax error when two embeddings coincide, and at epsilon <= 3e-3 a row of OT
-weights can be all zero.
+weights can be all zero (and the HCL-OT gradient NaN).
 
 Jitted closures take epsilon / gamma as traced arguments (`contrax.ot` allows that), so each
 configuration compiles once and the examples reuse it; `derandomize=True` makes CI
@@ -129,7 +129,7 @@ def ot_functions(marginals: str, gradient: str, cost: str):
 
 @pytest.mark.parametrize("marginals,gradient,cost", OT_CONFIGS)
 @SETTINGS
-@given(z=embeddings(), epsilon=log_uniform(1e-3, 10.0))
+@given(z=embeddings(), epsilon=log_uniform(1e-2, 10.0))
 def test_ot_weights_and_hcl_ot_loss_are_finite(marginals, gradient, cost, z, epsilon):
   weights, loss_and_grad, probe_grad = ot_functions(marginals, gradient, cost)
   z1, z2 = views(z)
@@ -185,12 +185,16 @@ def test_quadratic_ot_weights_are_finite(z, gamma):
 @pytest.mark.xfail(strict=True, reason=(
     "contrax.ot: at epsilon <= 3e-3 balanced Sinkhorn (log domain, even 50 iterations) leaves "
     "a row of the coupling at zero mass, so negatives.ot returns a row of zero weights (the "
-    "anchor silently gets no negatives) where its docstring promises rows summing to 1; "
-    "diagnostics.converged is False"))
+    "anchor silently gets no negatives) where its docstring promises rows summing to 1 "
+    "(diagnostics.converged is False), and the HCL-OT loss on them has a finite value but NaN "
+    "gradients"))
 def test_ot_weight_rows_sum_to_one_at_small_epsilon():
   z = np.zeros((2 * B, D), np.float32)
   z[-1, -1] = 0.3  # five collapsed embeddings and one other: found by hypothesis
   w = np.asarray(negatives.ot(*views(z), epsilon=1e-3, num_iterations=50))
+  _, loss_and_grad, _ = ot_functions("balanced", "stop", "sqeuclidean")
+  loss, grads = loss_and_grad(*views(z), 1e-3)
+  assert finite(loss) and all(finite(g) for g in grads)
   np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-4)
 
 
