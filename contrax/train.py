@@ -409,21 +409,39 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
   bar = tqdm(total=config.steps, initial=start_step, disable=not (config.progress and is_chief),
              desc=f"{config.name} {config.loss}", unit="step", dynamic_ncols=True)
   last_good = manager.latest_step()
+
+  def check_finite(step: int, metrics) -> None:
+    """Stop (or warn, under on_nonfinite='skip') if step `step` was not finite."""
+    if bool(metrics["finite"]):
+      return
+    message = (f"non-finite loss, gradients or update at step {step} "
+               f"(loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])}); "
+               f"the update was not applied")
+    if config.on_nonfinite == "stop":
+      ckpt = (f"{workdir}/checkpoints/{last_good}" if last_good is not None else "none")
+      bar.close()
+      manager.wait_until_finished()  # the checkpoint named in the message is committed
+      raise FloatingPointError(f"{message}; last good checkpoint: {ckpt}")
+    tqdm.write(f"warning: {message}; skipping (on_nonfinite='skip')")
+
+  # A step's `finite` flag is read one step late, after the next step is dispatched, so the
+  # host never waits for the device between steps (no per-step round trip); it is read at
+  # once before anything that looks at the state (log, evaluation, checkpoint). A
+  # non-finite step never changes the state, so the lag cannot let bad values through.
+  pending = None
   train_seconds, images_seen, step_start = 0.0, 0, time.time()
   for step in range(start_step, config.steps):
     images, _ = next(batch_iter)
     state, metrics = step_fn(state, parallel.shard_host_batch(images, mesh))
-    if not bool(metrics["finite"]):
-      message = (f"non-finite loss, gradients or update at step {step} "
-                 f"(loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])}); "
-                 f"the update was not applied")
-      if config.on_nonfinite == "stop":
-        ckpt = (f"{workdir}/checkpoints/{last_good}" if last_good is not None else "none")
-        bar.close()
-        manager.wait_until_finished()  # the checkpoint named in the message is committed
-        raise FloatingPointError(f"{message}; last good checkpoint: {ckpt}")
-      tqdm.write(f"warning: {message}; skipping (on_nonfinite='skip')")
+    if pending is not None:
+      check_finite(*pending)
+    pending = (step, metrics)
     done = step + 1
+    if (done % config.log_every == 0 or done == config.steps
+        or (config.eval_every and done % config.eval_every == 0)
+        or (config.checkpoint_every and done % config.checkpoint_every == 0)):
+      check_finite(*pending)
+      pending = None
     if done % config.log_every == 0 or done == config.steps:
       elapsed = time.time() - step_start
       if step > start_step:  # the first interval includes compilation
