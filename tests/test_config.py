@@ -34,3 +34,28 @@ def test_bad_flag_values_are_named():
 def test_unknown_flag_exits():
   with pytest.raises(SystemExit):
     config_lib.parse(base(), ["--nope", "1"])
+
+
+def _pretrain_cli():
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "pretrain.py")
+  spec = importlib.util.spec_from_file_location("pretrain_cli", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_pretrain_base_configs_are_valid_and_flags_override_them():
+  from contrax import train
+  cli = _pretrain_cli()
+  for name in cli.CONFIGS:
+    train.validate_config(cli.get_config(name))  # every name and number, no data, no compile
+  argv = ["--steps", "7", "--config=cifar10", "--batch_size", "64"]
+  name = cli._pop_config_name(argv)
+  config, _ = config_lib.parse(cli.get_config(name), argv)
+  assert (name, config.data, config.model, config.steps, config.batch_size) == (
+      "cifar10", "folder:../shared/data/cifar10-train-10k", "convnet", 7, 64)
+  assert cli._pop_config_name(["--steps", "3"]) == "digits"
+  with pytest.raises(ValueError, match=r"unknown --config 'nope'; valid choices: cifar10, digits"):
+    cli.get_config("nope")
