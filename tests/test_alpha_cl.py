@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from contrax import negatives
 from contrax.losses import alpha_cl, infonce, ntxent
+from oracles import fd_grad, rel_err
 
 TEMPERATURES = (0.05, 0.5, 2.0)
 B, D = 4, 6
@@ -74,26 +75,6 @@ def oracle_alpha(z1, z2, phi, psi, dphi, dpsi):
   x = d2_pos[:, None] - d2
   xi = np.sum(np.where(mask, psi(x), 0.0), axis=1, keepdims=True)
   return np.where(mask, dphi(xi) * dpsi(x), 0.0)
-
-
-def fd_grad(f, *arrays, h=1e-6):
-  grads = []
-  for k, a in enumerate(arrays):
-    g = np.zeros(a.shape)
-    for idx in np.ndindex(a.shape):
-      plus = [np.array(x, np.float64) for x in arrays]
-      minus = [np.array(x, np.float64) for x in arrays]
-      plus[k][idx] += h
-      minus[k][idx] -= h
-      g[idx] = (f(*plus) - f(*minus)) / (2 * h)
-    grads.append(g)
-  return grads
-
-
-def rel_err(got, want):
-  got = np.concatenate([np.ravel(g) for g in got])
-  want = np.concatenate([np.ravel(w) for w in want])
-  return np.linalg.norm(got - want) / np.linalg.norm(want)
 
 
 def grads(fn, z1, z2):

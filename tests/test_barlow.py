@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from contrax.losses import barlow
+from oracles import fd_grad, rel_err
 
 B, D = 8, 4
 
@@ -34,26 +35,6 @@ def oracle_paper_infonce(f1, f2, fn):
   l1 = 0.5 * np.mean(np.sum((f1 - f2) ** 2, 1)) - 1.0
   l2 = np.mean(np.log(np.exp(pos) + np.exp(neg)))
   return loss, l1, l2
-
-
-def fd_grad(f, *arrays, h=1e-6):
-  grads = []
-  for k, a in enumerate(arrays):
-    g = np.zeros(a.shape)
-    for idx in np.ndindex(a.shape):
-      plus = [np.array(x, np.float64) for x in arrays]
-      minus = [np.array(x, np.float64) for x in arrays]
-      plus[k][idx] += h
-      minus[k][idx] -= h
-      g[idx] = (f(*plus) - f(*minus)) / (2 * h)
-    grads.append(g)
-  return grads
-
-
-def rel_err(got, want):
-  got = np.concatenate([np.ravel(g) for g in got])
-  want = np.concatenate([np.ravel(w) for w in want])
-  return np.linalg.norm(got - want) / np.linalg.norm(want)
 
 
 def views(seed, noise=0.5, b=B):
