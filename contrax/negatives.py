@@ -87,7 +87,9 @@ def ot(z1: jax.Array, z2: jax.Array, *, epsilon: float, marginals: str = "balanc
 
   `pi^eps` is the entropic OT coupling of the in-batch cost `||z_i - z_j||^2` with uniform
   marginals and self/positive pairs excluded (`contrax.ot.coupling`, which documents every
-  argument and the gradient modes); rows of `w` sum to 1, excluded pairs are exactly 0.
+  argument and the gradient modes); `w` is its row-normalised form, computed in log space
+  (`contrax.ot.row_normalised_weights`), so rows sum to 1 even before Sinkhorn has converged;
+  excluded pairs are exactly 0.
   `marginals='semi_relaxed'` gives `hcl(beta=2t/epsilon, temperature=t)`; large epsilon gives
   uniform weights. HCL-OT loss: `infonce(z1, z2, weights=w, tau_plus=...)`. Diagnostics
   (marginal error, convergence): `contrax.ot.negative_weights`.

@@ -26,7 +26,10 @@ from the smooth concave dual, solved with optax's L-BFGS: its couplings are spar
 negatives get exactly zero weight.
 
 Excluded pairs (self, positive) get a large *finite* cost (never `inf`, which turns ott's
-arithmetic into NaN) and their coupling entries are then set to exactly zero. With
+arithmetic into NaN), large enough that no optimal coupling uses them (`exclude_pairs`), and
+their coupling entries are then set to exactly zero. The weights are the row-normalised
+coupling computed in log space, `w_ij = softmax_j((g_j - C_ij)/eps)` over each row's
+negatives (`f_i` cancels), so every row sums to 1 even where a row of `pi` underflows. With
 `axis_name` (under `shard_map`), the embeddings are all-gathered, every device solves the
 global 2B x 2B problem redundantly (Sinkhorn needs whole rows and columns) and keeps its own
 rows, so the weights equal the single-device ones on the concatenated batch.
@@ -38,6 +41,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 import optax
 from ott.geometry import geometry
@@ -50,8 +54,7 @@ from contrax.losses import _layout
 MARGINALS = ("balanced", "semi_relaxed", "unbalanced")
 COSTS = ("sqeuclidean", "exp")
 GRADIENTS = ("stop", "implicit", "unroll")
-# Excluded pairs cost `max(C) + EXCLUSION_MARGIN * eps`: their kernel entries are at most
-# e^-100 times the smallest admissible one, negligible before they are zeroed exactly.
+# Excluded pairs cost `max C + n (max C - min C) + EXCLUSION_MARGIN * eps` (see `exclude_pairs`).
 EXCLUSION_MARGIN = 100.0
 
 
@@ -92,9 +95,25 @@ def pairwise_cost(rows: jax.Array, cols: jax.Array, *, cost: str = "sqeuclidean"
 
 
 def exclude_pairs(cost: jax.Array, keep_mask: jax.Array, epsilon: float) -> jax.Array:
-  """Replace entries outside `keep_mask` by the large finite cost `max C + 100 eps`."""
-  big = (jax.lax.stop_gradient(jnp.max(jnp.where(keep_mask, cost, jnp.min(cost))))
-         + EXCLUSION_MARGIN * epsilon)
+  """Replace entries outside `keep_mask` by a finite cost no optimal coupling uses.
+
+      C_excl = max C + n (max C - min C) + 100 eps,   max / min over kept entries,
+      n = min(rows, columns).
+
+  A plan that moves mass d over an excluded entry can reroute it along an alternating cycle
+  of at most n kept entries added and n - 1 removed, which changes the cost by at most
+  d (n max C - (n - 1) min C - C_excl) < 0; so (without regularisation, and whenever the kept
+  entries admit a feasible plan) the optimum never uses excluded entries. A margin of only
+  `100 eps` above `max C` is not enough at small eps: the potentials then grow to route mass
+  through excluded entries (which are zeroed afterwards, leaving rows and columns short).
+  The `100 eps` term keeps excluded kernel entries e^-100 below the kept ones when all kept
+  costs are equal. Capped at a quarter of the dtype's largest value (never `inf`).
+  """
+  kept_max = jnp.max(jnp.where(keep_mask, cost, -jnp.inf))
+  kept_min = jnp.min(jnp.where(keep_mask, cost, jnp.inf))
+  n = min(cost.shape)
+  big = kept_max + n * (kept_max - kept_min) + EXCLUSION_MARGIN * epsilon
+  big = jax.lax.stop_gradient(jnp.minimum(big, jnp.finfo(cost.dtype).max / 4))
   return jnp.where(keep_mask, cost, big)
 
 
@@ -163,48 +182,54 @@ def _check_common(epsilon, num_iterations, marginals, gradient, threshold):
   _checks.positive("threshold", threshold)
 
 
-def entropic_coupling(cost: jax.Array, a: jax.Array, b: jax.Array, *, epsilon: float,
-                      marginals: str = "balanced", tau: float = 0.9, num_iterations: int = 50,
-                      gradient: str = "stop", threshold: float = 1e-3,
-                      keep_mask: Optional[jax.Array] = None, lse_mode: bool = True
-                      ) -> Tuple[jax.Array, Diagnostics]:
-  """Entropic OT coupling of a cost matrix through ott-jax; returns `(pi, diagnostics)`.
+def _dense_lu(**_solver_options) -> lx.LU:
+  """A lineax LU solver; ott passes CG tolerances (`rtol`, `atol`), which a direct solve ignores."""
+  return lx.LU()
 
-      pi = argmin_{pi} <C, pi> - eps H(pi) + marginal terms,  pi_ij = exp((f_i + g_j - C_ij)/eps)
 
-  Args:
-    cost: `[n, m]` finite cost matrix.
-    a, b: `[n]`, `[m]` positive marginals (equal total mass when balanced).
-    epsilon: absolute entropic regularisation (not relative to the cost, unlike ott's default);
-      may be traced, to sweep it under one compilation.
-    marginals: `balanced` (pi in Pi(a, b)); `semi_relaxed` (row constraint only; exact in one
-      log-space half-step, ott's `tau_b = 0`); `unbalanced` (KL-relaxed rows and columns with
-      ott's `tau_a = tau_b = tau`).
-    tau: ott's unbalancedness in (0, 1), used only when `marginals='unbalanced'`.
-    num_iterations: fixed Sinkhorn iteration count (run every call; ignored by `semi_relaxed`).
-    gradient: how the coupling is differentiated w.r.t. the cost —
-      `stop`: no gradient (`jax.lax.stop_gradient` on the cost; the official HCL-OT code
-        treats pi as a constant). Cheapest; the rest of the loss is unaffected.
-      `implicit`: implicit function theorem on the Sinkhorn optimality conditions (ott's
-        `ImplicitDiff`, a lineax linear solve). Exact only at the fixed point: with too few
-        iterations (small eps converges slowly) the gradient is that of the *converged*
-        coupling, not of the returned one. Memory O(n m), independent of `num_iterations`.
-      `unroll`: reverse-mode through the iterations (ott's checkpointed fixed-point loop).
-        Exact for the returned coupling at any iteration count, memory and time grow with
-        `num_iterations`; at small eps the backward pass through many log-sum-exps can
-        lose float32 precision.
-      For `semi_relaxed` the solution is one exact closed-form step, so all three differentiable
-      modes coincide (ott 0.6's Sinkhorn with `tau_b = 0` gives NaN errors and gradients, hence
-      the direct step through ott's `Geometry.update_potential`).
-    threshold: tolerance on the enforced marginal errors for the `converged` flag.
-    keep_mask: optional `[n, m]` booleans; False entries get a large finite cost and exactly
-      zero mass.
-    lse_mode: log-domain iterations on the potentials (default; stable at every eps).
-      False: iterations on the scalings with the kernel `exp(-C/eps)` computed once — matrix-
-      vector products instead of log-sum-exps, but in float32 the kernel underflows once
-      `C/eps > ~87` (for unit vectors C <= 4: eps below ~0.05, or ~0.25 with the exp cost),
-      which silently biases the coupling.
+def _implicit_diff(cost: jax.Array, marginals: str) -> implicit_differentiation.ImplicitDiff:
+  """ott's `ImplicitDiff` with a ridged, dense solve of its linear system.
+
+  The backward pass solves the Jacobian of ott's first-order conditions through a Schur
+  complement `S` of size k = min(n, m); ott's default `eps log` preconditioning scales it to
+  eigenvalues in [0, 1]. With balanced marginals `S 1 = 0` (the potentials are defined up to
+  `(f + c, g - c)`), and coinciding embeddings or small eps add eigenvalues near 0. ott 0.6
+  runs lineax's CG on the normal equations (condition number squared) without a ridge, which
+  breaks down into 'A linear solver returned non-finite output'. Here:
+
+  - `ridge_kernel = 1/k` (balanced only) solves `(S + (1/k) 1 1^T) x = r`. The right-hand side
+    is consistent (weights and coupling are invariant to the shift), so the solution is
+    unchanged, with the zero eigenvalue moved to 1.
+  - `ridge_identity = 10 u` (u = the dtype's machine epsilon) bounds the condition number by
+    about 1/(10 u); it only damps directions that the working precision cannot resolve.
+  - a dense LU (k matrix-vector products to build `S`, O(k^3)) instead of CG.
   """
+  k = min(cost.shape)
+  options = {"ridge_identity": 10.0 * float(jnp.finfo(cost.dtype).eps),
+             "ridge_kernel": 1.0 / k if marginals == "balanced" else 0.0,
+             "nonsym_solver": _dense_lu}
+  return implicit_differentiation.ImplicitDiff(solver_kwargs=options)
+
+
+def row_normalised_weights(cost: jax.Array, g: jax.Array, epsilon,
+                           keep_mask: Optional[jax.Array] = None) -> jax.Array:
+  """`w_ij = pi_ij / sum_k pi_ik` for `pi_ij = exp((f_i + g_j - C_ij)/eps)`, in log space:
+
+      w_ij = softmax_j((g_j - C_ij)/eps)   over the kept entries of row i, 0 elsewhere.
+
+  `f_i` cancels, so the rows sum to 1 even when a row of `pi` underflows to zero (a solve
+  stopped before convergence at small eps). This is also the coupling after one more exact
+  row update of the potentials.
+  """
+  logits = (g[None, :] - cost) / epsilon
+  if keep_mask is None:
+    return jax.nn.softmax(logits, axis=1)
+  return jax.nn.softmax(jnp.where(keep_mask, logits, -jnp.inf), axis=1)
+
+
+def _entropic_solve(cost, a, b, *, epsilon, marginals, tau, num_iterations, gradient, threshold,
+                    keep_mask, lse_mode) -> Tuple[jax.Array, jax.Array, Diagnostics]:
+  """`entropic_coupling`, also returning the row-normalised weights: `(pi, w, diagnostics)`."""
   _check_common(epsilon, num_iterations, marginals, gradient, threshold)
   _checks.rank("cost", cost, 2)
   if marginals == "unbalanced":
@@ -228,13 +253,14 @@ def entropic_coupling(cost: jax.Array, a: jax.Array, b: jax.Array, *, epsilon: f
     solver = sinkhorn.Sinkhorn(
         lse_mode=lse_mode, threshold=threshold, inner_iterations=num_iterations,
         min_iterations=num_iterations, max_iterations=num_iterations,
-        implicit_diff=None if gradient == "unroll" else implicit_differentiation.ImplicitDiff())
+        implicit_diff=None if gradient == "unroll" else _implicit_diff(cost, marginals))
     out = solver(problem)
     f, g = out.f, out.g
     pi = out.matrix
     iterations, solver_converged = out.n_iters, out.converged
   if keep_mask is not None:
     pi = jnp.where(keep_mask, pi, 0.0)
+  weights = row_normalised_weights(cost, g, epsilon, keep_mask)
   row_error, column_error = _marginal_errors(pi, a, b)
   finite = jnp.all(jnp.isfinite(pi))
   if marginals == "balanced":
@@ -243,7 +269,58 @@ def entropic_coupling(cost: jax.Array, a: jax.Array, b: jax.Array, *, epsilon: f
     converged = finite & (row_error <= threshold)
   else:
     converged = finite & solver_converged
-  return pi, Diagnostics(row_error, column_error, jnp.asarray(iterations), converged, (f, g))
+  diagnostics = Diagnostics(row_error, column_error, jnp.asarray(iterations), converged, (f, g))
+  return pi, weights, diagnostics
+
+
+def entropic_coupling(cost: jax.Array, a: jax.Array, b: jax.Array, *, epsilon: float,
+                      marginals: str = "balanced", tau: float = 0.9, num_iterations: int = 50,
+                      gradient: str = "stop", threshold: float = 1e-3,
+                      keep_mask: Optional[jax.Array] = None, lse_mode: bool = True
+                      ) -> Tuple[jax.Array, Diagnostics]:
+  """Entropic OT coupling of a cost matrix through ott-jax; returns `(pi, diagnostics)`.
+
+      pi = argmin_{pi} <C, pi> - eps H(pi) + marginal terms,  pi_ij = exp((f_i + g_j - C_ij)/eps)
+
+  Args:
+    cost: `[n, m]` finite cost matrix.
+    a, b: `[n]`, `[m]` positive marginals (equal total mass when balanced).
+    epsilon: absolute entropic regularisation (not relative to the cost, unlike ott's default);
+      may be traced, to sweep it under one compilation.
+    marginals: `balanced` (pi in Pi(a, b)); `semi_relaxed` (row constraint only; exact in one
+      log-space half-step, ott's `tau_b = 0`); `unbalanced` (KL-relaxed rows and columns with
+      ott's `tau_a = tau_b = tau`).
+    tau: ott's unbalancedness in (0, 1), used only when `marginals='unbalanced'`.
+    num_iterations: fixed Sinkhorn iteration count (run every call; ignored by `semi_relaxed`).
+    gradient: how the coupling is differentiated w.r.t. the cost —
+      `stop`: no gradient (`jax.lax.stop_gradient` on the cost; the official HCL-OT code
+        treats pi as a constant). Cheapest; the rest of the loss is unaffected.
+      `implicit`: implicit function theorem on the Sinkhorn optimality conditions (ott's
+        `ImplicitDiff`, its linear system solved by a ridged dense LU: `_implicit_diff`).
+        Finite at every eps, also with coinciding embeddings. Exact only at the fixed point:
+        with too few iterations (small eps converges slowly) the gradient is that of the
+        *converged* coupling, not of the returned one. Memory O(n m), independent of
+        `num_iterations`; time O(min(n, m)^3) for the LU.
+      `unroll`: reverse-mode through the iterations (ott's checkpointed fixed-point loop).
+        Exact for the returned coupling at any iteration count, memory and time grow with
+        `num_iterations`; at small eps the backward pass through many log-sum-exps can
+        lose float32 precision.
+      For `semi_relaxed` the solution is one exact closed-form step, so all three differentiable
+      modes coincide (ott 0.6's Sinkhorn with `tau_b = 0` gives NaN errors and gradients, hence
+      the direct step through ott's `Geometry.update_potential`).
+    threshold: tolerance on the enforced marginal errors for the `converged` flag.
+    keep_mask: optional `[n, m]` booleans; False entries get a large finite cost and exactly
+      zero mass.
+    lse_mode: log-domain iterations on the potentials (default; stable at every eps).
+      False: iterations on the scalings with the kernel `exp(-C/eps)` computed once — matrix-
+      vector products instead of log-sum-exps, but in float32 the kernel underflows once
+      `C/eps > ~87` (for unit vectors C <= 4: eps below ~0.05, or ~0.25 with the exp cost),
+      which silently biases the coupling.
+  """
+  pi, _, diagnostics = _entropic_solve(
+      cost, a, b, epsilon=epsilon, marginals=marginals, tau=tau, num_iterations=num_iterations,
+      gradient=gradient, threshold=threshold, keep_mask=keep_mask, lse_mode=lse_mode)
+  return pi, diagnostics
 
 
 def _uniform_marginals(n: int, dtype) -> jax.Array:
@@ -266,17 +343,28 @@ def coupling(z1: jax.Array, z2: jax.Array, *, epsilon: float, marginals: str = "
   is refused (ott-jax 0.6's lineax-based backward pass fails under `shard_map`), `unroll`
   and `stop` work.
   """
+  pi, _, diagnostics = _batch_entropic(z1, z2, epsilon=epsilon, marginals=marginals, tau=tau,
+                                       cost=cost, kappa=kappa, num_iterations=num_iterations,
+                                       gradient=gradient, threshold=threshold,
+                                       lse_mode=lse_mode, axis_name=axis_name)
+  return pi, diagnostics
+
+
+def _batch_entropic(z1, z2, *, epsilon, marginals, tau, cost, kappa, num_iterations, gradient,
+                    threshold, lse_mode, axis_name) -> Tuple[jax.Array, jax.Array, Diagnostics]:
+  """`(pi, w, diagnostics)` of the in-batch problem, this device's rows of `pi` and `w`."""
   _check_common(epsilon, num_iterations, marginals, gradient, threshold)
   if axis_name is not None and gradient == "implicit" and marginals != "semi_relaxed":
     raise ValueError("gradient='implicit' is not supported with axis_name (ott-jax 0.6's lineax "
                      "solve fails under shard_map); use gradient='unroll' or 'stop'")
   problem = batch_cost(z1, z2, cost=cost, kappa=kappa, axis_name=axis_name)
   marginal = _uniform_marginals(problem.cost.shape[0], problem.cost.dtype)
-  pi, diagnostics = entropic_coupling(
+  pi, weights, diagnostics = _entropic_solve(
       problem.cost, marginal, marginal, epsilon=epsilon, marginals=marginals, tau=tau,
       num_iterations=num_iterations, gradient=gradient, threshold=threshold,
       keep_mask=problem.negative_mask, lse_mode=lse_mode)
-  return _local_rows(pi, problem, axis_name), diagnostics
+  return (_local_rows(pi, problem, axis_name), _local_rows(weights, problem, axis_name),
+          diagnostics)
 
 
 def _local_rows(pi: jax.Array, problem: BatchProblem, axis_name: Optional[str]) -> jax.Array:
@@ -288,21 +376,31 @@ def _local_rows(pi: jax.Array, problem: BatchProblem, axis_name: Optional[str]) 
 def coupling_to_weights(pi: jax.Array) -> jax.Array:
   """Row-stochastic weights `w_ij = pi_ij / sum_j pi_ij` (= 2B pi when rows sum to 1/(2B)).
 
-  Excluded entries of `pi` are zero and stay zero.
+  Excluded entries of `pi` are zero and stay zero. For a coupling whose rows have positive
+  mass by construction (the quadratic one); entropic weights are normalised in log space
+  (`row_normalised_weights`).
   """
   row_mass = jnp.sum(pi, axis=1, keepdims=True)
   return pi / jnp.maximum(row_mass, jnp.finfo(pi.dtype).tiny)
 
 
-def negative_weights(z1: jax.Array, z2: jax.Array, *, epsilon: float, **kwargs
+def negative_weights(z1: jax.Array, z2: jax.Array, *, epsilon: float, marginals: str = "balanced",
+                     tau: float = 0.9, cost: str = "sqeuclidean", kappa: float = 1.0,
+                     num_iterations: int = 50, gradient: str = "stop", threshold: float = 1e-3,
+                     lse_mode: bool = True, axis_name: Optional[str] = None
                      ) -> Tuple[jax.Array, Diagnostics]:
-  """HCL-OT weights `w = 2B pi^eps` (rows sum to 1) and the coupling's diagnostics.
+  """HCL-OT weights `w = pi / rowsum(pi)` (= 2B pi at convergence) and the diagnostics.
 
-  Keyword arguments are those of `coupling`. For `unbalanced` marginals the rows of pi do not
-  sum to exactly 1/(2B); they are renormalised.
+  Arguments are those of `coupling`. The rows are normalised in log space
+  (`row_normalised_weights`), so they sum to 1 for every marginal type and also when the
+  solver stopped before convergence; `diagnostics` describe the coupling `pi` itself (its
+  marginal errors and `converged`), not the normalised weights.
   """
-  pi, diagnostics = coupling(z1, z2, epsilon=epsilon, **kwargs)
-  return coupling_to_weights(pi), diagnostics
+  _, weights, diagnostics = _batch_entropic(
+      z1, z2, epsilon=epsilon, marginals=marginals, tau=tau, cost=cost, kappa=kappa,
+      num_iterations=num_iterations, gradient=gradient, threshold=threshold, lse_mode=lse_mode,
+      axis_name=axis_name)
+  return weights, diagnostics
 
 
 # ---------------------------------------------------------------- quadratic regularisation
