@@ -104,9 +104,18 @@ def nwj(scores: jax.Array) -> jax.Array:
   """NWJ (f-divergence, KL) bound `mean_i S_ii − e^{-1} mean_{i≠j} e^{S_ij}` in nats.
 
   Nguyen, Wainwright & Jordan 2010; tight at `S = 1 + log p(x,y)/(p(x)p(y))` (SPEC §5).
+  Summed as `Σ_{i≠j} e^{S_ij − 1 − log K(K−1)}`, one term per score, so that each score's
+  gradient is its own term `−e^{S_ij − 1} / (K(K−1))` rather than a shared overflowing factor
+  times a softmax that underflows (`inf · 0 = NaN`). In float32 a term beyond
+  `S_ij ≈ 88.7 + 1 + log K(K−1)` exceeds the largest float: the value is then −inf and that
+  score's gradient −inf (the exact ones, rounded), never NaN. The diagonal mean is summed as
+  `Σ_i S_ii / K`, which cannot overflow for finite scores.
   """
   scores = _check_scores(scores)
-  return jnp.mean(jnp.diagonal(scores)) - jnp.exp(_offdiag_logmeanexp(scores) - 1.0)
+  k = scores.shape[0]
+  off = ~jnp.eye(k, dtype=bool)
+  terms = jnp.exp(jnp.where(off, scores, -jnp.inf) - (1.0 + math.log(k * (k - 1))))
+  return jnp.sum(jnp.diagonal(scores) / k) - jnp.sum(terms)
 
 
 def dv(scores: jax.Array) -> jax.Array:
