@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.special import logsumexp
 
 import jax
 import jax.numpy as jnp
@@ -133,6 +134,77 @@ def test_logistic_loss_is_finite_for_large_margins():
   value, g = jax.value_and_grad(curl.logistic_loss)(v)
   assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(g)))
   np.testing.assert_allclose(float(value), (1e4 / math.log(2)) / 2, rtol=1e-6)
+
+
+def oracle_logistic_lse(v, base=2.0):
+  """float64 `mean_m logsumexp([0, -v_m]) / ln b`, stable for any finite float64 v."""
+  zero = np.zeros((v.shape[0], 1))
+  return float(np.mean(logsumexp(np.concatenate([zero, -v], axis=1), axis=1)) / math.log(base))
+
+
+def oracle_logistic_grads(fx, fx_pos, fx_neg, base=2.0):
+  """float64 gradients of the mean logistic loss: `∂ℓ/∂v_i = -p_i / ln b` with
+  `p = softmax([0, -v])`, through `v_i = fxᵀ (fx⁺ - fx⁻_i)`."""
+  v = oracle_scores(fx, fx_pos, fx_neg)
+  logits = np.concatenate([np.zeros((v.shape[0], 1)), -v], axis=1)
+  p = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))[:, 1:]
+  c = 1.0 / (math.log(base) * v.shape[0])
+  d_fx = c * (np.einsum("mk,mkd->md", p, fx_neg) - p.sum(1, keepdims=True) * fx_pos)
+  return d_fx, -c * p.sum(1, keepdims=True) * fx, c * p[:, :, None] * fx[:, None, :]
+
+
+def oracle_hinge_grads(fx, fx_pos, fx_neg):
+  """float64 gradients of the mean hinge loss: `-∂v_i*/∂f / M` where `1 - v_i* > 0`."""
+  v = oracle_scores(fx, fx_pos, fx_neg)
+  m = v.shape[0]
+  grads = [np.zeros_like(fx), np.zeros_like(fx_pos), np.zeros_like(fx_neg)]
+  for row, i in enumerate(np.argmin(v, axis=1)):
+    if 1.0 - v[row, i] > 0:
+      grads[0][row] = -(fx_pos[row] - fx_neg[row, i]) / m
+      grads[1][row] = -fx[row] / m
+      grads[2][row, i] = fx[row] / m
+  return grads
+
+
+def huge_tuples(seed, scale, margin_scale):
+  """Features of size `scale` whose positives and negatives differ by about `margin_scale`,
+  so that `fxᵀ fx⁺` is ~scale² but the scores only ~scale · margin_scale."""
+  rng = np.random.default_rng(seed)
+  fx = scale * rng.normal(size=(M, D))
+  fx_pos = scale * rng.normal(size=(M, D))
+  fx_neg = fx_pos[:, None, :] + margin_scale * rng.normal(size=(M, K, D))
+  return tuple(x.astype(np.float32) for x in (fx, fx_pos, fx_neg))
+
+
+@pytest.mark.parametrize("loss", ["logistic", "hinge"])
+def test_losses_where_inner_products_overflow_float32(loss):
+  """Entries ~1e20: `fxᵀ fx⁺` ~ 1e40 overflows float32, the scores (~1e35) and the losses do
+  not. The scores were a difference of two overflowed products (inf - inf = NaN)."""
+  fx, fp, fn = huge_tuples(5, 1e20, 1e15)
+  value, grads = jax.value_and_grad(
+      lambda a, b, c: curl.curl_loss(a, b, c, loss=loss, base=2.0), argnums=(0, 1, 2))(fx, fp, fn)
+  f64 = [x.astype(np.float64) for x in (fx, fp, fn)]
+  v = oracle_scores(*f64)
+  np.testing.assert_allclose(np.asarray(curl.curl_scores(fx, fp, fn)), v, rtol=1e-5)
+  want = oracle_logistic_lse(v) if loss == "logistic" else oracle_hinge(v)
+  want_grads = oracle_logistic_grads(*f64) if loss == "logistic" else oracle_hinge_grads(*f64)
+  np.testing.assert_allclose(float(value), want, rtol=1e-5)
+  for g, w in zip(grads, want_grads):
+    np.testing.assert_allclose(np.asarray(g), w, rtol=1e-5, atol=1e-5 * np.abs(w).max())
+
+
+def test_logistic_loss_beyond_the_float_range_is_inf_with_finite_exact_gradients():
+  """Entries ~1e30 and margins ~1e28: scores ~±1e58, so the losses of tuples with a negative
+  score are beyond float32 and the mean is +inf (not NaN), while every gradient, a weighted
+  sum of features, is representable and equals the float64 one."""
+  fx, fp, fn = huge_tuples(6, 1e30, 1e28)
+  f64 = [x.astype(np.float64) for x in (fx, fp, fn)]
+  assert oracle_logistic_lse(oracle_scores(*f64)) > 1e50
+  value, grads = jax.value_and_grad(curl.curl_loss, argnums=(0, 1, 2))(fx, fp, fn)
+  assert float(value) == math.inf
+  for g, w in zip(grads, oracle_logistic_grads(*f64)):
+    assert np.all(np.isfinite(np.asarray(g)))
+    np.testing.assert_allclose(np.asarray(g), w, rtol=1e-5, atol=1e-5 * np.abs(w).max())
 
 
 def labelled(seed):

@@ -17,6 +17,10 @@ CURL and Barlow Twins. Here:
    itself is below -3.4e38: up to |S| = 3e37 its value and gradient are the float64 ones
    rounded (-inf where below the float32 range, never NaN).
 4. Bad hyper-parameters (drawn by hypothesis) raise ValueError / TypeError naming them.
+5. CURL losses (logistic and hinge, plain and block tuples) on raw features from 1e-30 to
+   3e38, where inner products overflow float32 beyond ~1e19: the value is the float64 one
+   rounded (+inf where the sum of the tuples' losses is beyond the float32 range, never
+   NaN), the gradients finite.
 
 Defects hypothesis found are kept as regression tests next to the property they broke: the
 implicit Sinkhorn gradient raised a lineax error when two embeddings coincided (ott's linear
@@ -41,7 +45,7 @@ from hypothesis import strategies as st
 
 from contrax import mi, negatives
 from contrax import ot as ot_lib
-from contrax.losses import infonce
+from contrax.losses import curl, infonce
 
 B, D, K = 3, 4, 4
 SETTINGS = settings(max_examples=10, deadline=None, derandomize=True,
@@ -173,9 +177,9 @@ def test_quadratic_ot_weights_are_finite(z, gamma):
 def test_ot_weights_of_a_collapsed_batch_at_small_epsilon():
   """Five collapsed embeddings (zero vectors) and one other, found by hypothesis: the marginal
   constraints and the symmetry force every admissible entry of the coupling to 1/(2B N), i.e.
-  every weight to 1/N = 1/4, at every epsilon. With excluded pairs costing only `max C + 100 eps`, the
-  solver routed mass through them at epsilon <= 1e-2: a row of zero weights (the anchor got no
-  negatives) and NaN HCL-OT gradients."""
+  every weight to 1/N = 1/4, at every epsilon. With excluded pairs costing only
+  `max C + 100 eps`, the solver routed mass through them at epsilon <= 1e-2: a row of zero
+  weights (the anchor got no negatives) and NaN HCL-OT gradients."""
   z = np.zeros((2 * B, D), np.float32)
   z[-1, -1] = 0.3
   expected = ~excluded_mask() / (2.0 * B - 2.0)
@@ -345,3 +349,50 @@ def test_bad_mi_arguments_raise_naming_them(bad, decay, name, k):
     mi.dv(jnp.zeros((k, k), jnp.int32))
   with pytest.raises(ValueError, match="state"):
     mi.objective("mine", s)
+
+
+# ----------------------------------------------------------------------------- 5. CURL
+
+
+@functools.lru_cache(maxsize=None)
+def curl_value_and_grad(loss: str, base: float):
+  f = lambda fx, fp, fn: curl.curl_loss(fx, fp, fn, loss=loss, base=base)  # noqa: E731
+  return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
+
+
+def curl_np(fx, fx_pos, fx_neg, loss, base):
+  """float64 per-tuple CURL losses of `v_mi = fxᵀ (fx⁺ - fx⁻_i)` and their rounding scale:
+  the mean over tuples of `sum_j |fx_j| max_i |fx⁺_j - fx⁻_ij|` (a bound on |v|), divided by
+  ln b for the logistic loss."""
+  w = fx_pos[:, None, :] - fx_neg
+  v = np.einsum("md,mkd->mk", fx, w)
+  bound = np.mean(np.sum(np.abs(fx) * np.max(np.abs(w), axis=1), axis=1))
+  if loss == "hinge":
+    return np.maximum(0.0, 1.0 - v.min(axis=1)), bound
+  lse = np.logaddexp.reduce(np.concatenate([np.zeros((v.shape[0], 1)), -v], axis=1), axis=1)
+  return lse / math.log(base), bound / math.log(base)
+
+
+@SETTINGS
+@given(z=embeddings(rows=B + B + B * 2 * 2, min_exponent=-30, max_exponent=38),
+       loss=st.sampled_from(["logistic", "hinge"]), base=st.sampled_from([1.5, 2.0, 10.0]),
+       block=st.booleans())
+def test_curl_losses_are_their_float64_values_rounded(z, loss, base, block):
+  fx, fp = z[:B], z[B:2 * B]
+  fn = z[2 * B:].reshape(B, 2, 2, D)
+  if block:  # b = 2 samples per class: the positives and negatives are block means
+    fp, fn = fn[:, 0], fn
+    means = fp.astype(np.float64).mean(1), fn.astype(np.float64).mean(2)
+  else:
+    fn = fn[:, :, 0]
+    means = fp.astype(np.float64), fn.astype(np.float64)
+  value, grads = curl_value_and_grad(loss, base)(jnp.asarray(fx), jnp.asarray(fp),
+                                                 jnp.asarray(fn))
+  rows, bound = curl_np(fx.astype(np.float64), *means, loss, base)
+  big = float(np.finfo(np.float32).max)
+  assert not math.isnan(float(value)) and all(finite(g) for g in grads), (value, grads)
+  if np.sum(rows) < big / 2:  # float32 rounds each score by ~d ulps of its bound
+    want = np.mean(rows)
+    assert abs(float(value) - want) <= 1e-5 * bound + 1e-6, (float(value), want, bound)
+  elif np.sum(rows) > 2 * big:  # a tuple's loss, or the sum over tuples, beyond float32
+    assert float(value) == math.inf, (float(value), rows)

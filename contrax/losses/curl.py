@@ -15,11 +15,19 @@ and the unsupervised loss is the mean over the M tuples of a loss `ℓ(v)`:
 
 Features are used as they are (no normalisation), as in the paper. With `axis_name` (under
 `shard_map` / a named `vmap`, M sharded), means are global: psum of sums / psum of counts.
+
+Raw features can be large enough that `f(x)ᵀ f(x⁺)` overflows float32 (entries beyond ~1e19)
+while the score, or the loss, does not. Scores are therefore computed in a power-of-two-scaled
+form (`curl_scores`; `logistic_tuple_losses` for the logistic loss): for all finite features,
+`curl_loss` is the exact loss rounded (+inf only where a tuple's loss, or the sum over
+tuples, exceeds the float range) with finite gradients. `supervised_multiway_loss` uses plain inner
+products (moderate magnitudes).
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -45,14 +53,7 @@ def _check_base(base: float) -> float:
   return base
 
 
-def curl_scores(fx: jax.Array, fx_pos: jax.Array, fx_neg: jax.Array) -> jax.Array:
-  """Scores `v[m, i] = f(x_m)ᵀ (f(x⁺_m) - f(x⁻_{m,i}))` of M tuples with k negatives.
-
-  Args:
-    fx: `[M, d]` anchors; fx_pos: `[M, d]` positives; fx_neg: `[M, k, d]` negatives.
-  Returns:
-    `[M, k]` scores.
-  """
+def _check_tuples(fx, fx_pos, fx_neg) -> None:
   _checks.rank("fx", fx, 2)
   _checks.rank("fx_pos", fx_pos, 2)
   _checks.rank("fx_neg", fx_neg, 3)
@@ -60,9 +61,63 @@ def curl_scores(fx: jax.Array, fx_pos: jax.Array, fx_neg: jax.Array) -> jax.Arra
   if np.shape(fx_neg)[0] != np.shape(fx)[0] or np.shape(fx_neg)[2] != np.shape(fx)[1]:
     raise ValueError(f"fx_neg must have shape (M, k, d) = ({np.shape(fx)[0]}, k, "
                      f"{np.shape(fx)[1]}) to match fx, got {np.shape(fx_neg)}")
-  pos = jnp.sum(fx * fx_pos, axis=-1)
-  neg = jnp.einsum("md,mkd->mk", fx, fx_neg)
-  return pos[:, None] - neg
+
+
+def _binary_exponent(x: jax.Array, axis) -> jax.Array:
+  """e with `max |x| = m 2^e`, m in [0.5, 1) (0 for all-zero x): `x 2^-e` lies in (-1, 1)."""
+  return jnp.frexp(jnp.max(jnp.abs(x), axis=axis))[1]
+
+
+def _scaled_scores(fx, fx_pos, fx_neg) -> Tuple[jax.Array, jax.Array]:
+  """`(r [M, k], e [M])` with scores `v = r 2^e`: `r_i = (fx 2^-e_x)ᵀ ((fx⁺ - fx⁻_i) 2^-e_w)`,
+  |r_i| < 2d, e = e_x + e_w. Scaling by powers of two is exact, so no intermediate overflows;
+  `ldexp(r, e)` is ±inf only where |v| itself exceeds the float range."""
+  e_x = _binary_exponent(fx, 1)
+  e_w = _binary_exponent(jnp.concatenate([fx_pos[:, None], fx_neg], axis=1), (1, 2))
+  u = jnp.ldexp(fx, -e_x[:, None])
+  w = jnp.ldexp(fx_pos, -e_w[:, None])[:, None, :] - jnp.ldexp(fx_neg, -e_w[:, None, None])
+  return jnp.einsum("md,mkd->mk", u, w), e_x + e_w
+
+
+def _score_tangent(fx, fx_pos, fx_neg, d_fx, d_pos, d_neg) -> jax.Array:
+  """Derivative of the bilinear scores `fxᵀ (fx⁺ - fx⁻_i)` along the tangents, `[M, k]`."""
+  return (jnp.einsum("md,mkd->mk", d_fx, fx_pos[:, None, :] - fx_neg)
+          + jnp.einsum("md,mkd->mk", fx, d_pos[:, None, :] - d_neg))
+
+
+@jax.custom_jvp
+def _overflow_free_scores(fx, fx_pos, fx_neg):
+  r, e = _scaled_scores(fx, fx_pos, fx_neg)
+  return jnp.ldexp(r, e[:, None])
+
+
+@_overflow_free_scores.defjvp
+def _overflow_free_scores_jvp(primals, tangents):
+  # The plain bilinear derivative: autodiff through the scalings would carry 2^e factors.
+  return _overflow_free_scores(*primals), _score_tangent(*primals, *tangents)
+
+
+def curl_scores(fx: jax.Array, fx_pos: jax.Array, fx_neg: jax.Array) -> jax.Array:
+  """Scores `v[m, i] = f(x_m)ᵀ (f(x⁺_m) - f(x⁻_{m,i}))` of M tuples with k negatives.
+
+  Computed in a power-of-two-scaled form: a score is ±inf only where it exceeds the float
+  range (not where `f(x)ᵀ f(x⁺)` alone would), and gradients are the bilinear ones.
+
+  Args:
+    fx: `[M, d]` anchors; fx_pos: `[M, d]` positives; fx_neg: `[M, k, d]` negatives.
+  Returns:
+    `[M, k]` scores.
+  """
+  _check_tuples(fx, fx_pos, fx_neg)
+  return _overflow_free_scores(fx, fx_pos, fx_neg)
+
+
+def _check_blocks(fx_pos, fx_neg) -> None:
+  _checks.rank("fx_pos", fx_pos, 3)
+  _checks.rank("fx_neg", fx_neg, 4)
+  if np.shape(fx_pos)[2] != np.shape(fx_neg)[3] or np.shape(fx_pos)[1] != np.shape(fx_neg)[2]:
+    raise ValueError(f"fx_pos [M, b, d] and fx_neg [M, k, b, d] must share b and d, got "
+                     f"{np.shape(fx_pos)} and {np.shape(fx_neg)}")
 
 
 def curl_block_scores(fx: jax.Array, fx_pos: jax.Array, fx_neg: jax.Array) -> jax.Array:
@@ -74,11 +129,7 @@ def curl_block_scores(fx: jax.Array, fx_pos: jax.Array, fx_neg: jax.Array) -> ja
   Returns:
     `[M, k]` scores `f(x)ᵀ (mean_b f(x⁺) - mean_b f(x⁻_i))` (Arora et al. §6).
   """
-  _checks.rank("fx_pos", fx_pos, 3)
-  _checks.rank("fx_neg", fx_neg, 4)
-  if np.shape(fx_pos)[2] != np.shape(fx_neg)[3] or np.shape(fx_pos)[1] != np.shape(fx_neg)[2]:
-    raise ValueError(f"fx_pos [M, b, d] and fx_neg [M, k, b, d] must share b and d, got "
-                     f"{np.shape(fx_pos)} and {np.shape(fx_neg)}")
+  _check_blocks(fx_pos, fx_neg)
   return curl_scores(fx, jnp.mean(fx_pos, axis=1), jnp.mean(fx_neg, axis=2))
 
 
@@ -95,10 +146,49 @@ def _hinge_rows(v: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
   return jax.nn.relu(1.0 + jnp.max(neg_v, axis=-1))
 
 
+def _scaled_logistic(fx, fx_pos, fx_neg) -> Tuple[jax.Array, jax.Array]:
+  """Per tuple, `logsumexp([0, -v])` and the softmax `p` over `[0, -v_1, .., -v_k]`.
+
+  With `v = r 2^e` (`_scaled_scores`) and `r* = min(0, min_i r_i)`, the loss is
+  `-2^e r* + logsumexp([2^e r*, -2^e (r - r*)])`: every argument of the log-sum-exp is <= 0
+  and one of them is 0, so only a loss beyond the float range overflows (to +inf).
+  """
+  r, e = _scaled_scores(fx, fx_pos, fx_neg)
+  r_star = jnp.minimum(jnp.min(r, axis=1), 0.0)[:, None]
+  arguments = jnp.ldexp(jnp.concatenate([r_star, r_star - r], axis=1), e[:, None])
+  log_sum = jax.nn.logsumexp(arguments, axis=1)
+  return log_sum - arguments[:, 0], jnp.exp(arguments - log_sum[:, None])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def logistic_tuple_losses(fx: jax.Array, fx_pos: jax.Array, fx_neg: jax.Array,
+                          base: float) -> jax.Array:
+  """Per-tuple logistic CURL loss `log_b(1 + Σ_i exp(-v_i))` of `curl_scores`, shape `[M]`.
+
+  Never NaN for finite features: the value is the exact loss rounded (+inf only where it
+  exceeds the float range, `f` beyond ~1e19), and with `p_i = softmax([0, -v])_i`,
+  `∂ℓ/∂v_i = -p_i / ln b`, so
+
+      ∂ℓ/∂f(x) = (Σ_i p_i f(x⁻_i) - (Σ_i p_i) f(x⁺)) / ln b,
+      ∂ℓ/∂f(x⁺) = -(Σ_i p_i) f(x) / ln b,      ∂ℓ/∂f(x⁻_i) = p_i f(x) / ln b,
+
+  weighted sums of the features with weights in [0, 1]: finite also where ℓ is +inf.
+  """
+  return _scaled_logistic(fx, fx_pos, fx_neg)[0] / math.log(base)
+
+
+@logistic_tuple_losses.defjvp
+def _logistic_tuple_losses_jvp(base, primals, tangents):
+  loss, p = _scaled_logistic(*primals)
+  d_loss = -jnp.sum(p[:, 1:] * _score_tangent(*primals, *tangents), axis=1)
+  return loss / math.log(base), d_loss / math.log(base)
+
+
 def logistic_loss(v: jax.Array, base: float = 2.0, *, axis_name: Optional[str] = None) -> jax.Array:
   """Mean over rows of `log_b(1 + Σ_i exp(-v_i))`, computed as `logsumexp([0, -v]) / ln b`.
 
-  Base 2 (Arora et al.) gives ℓ(0) = 1 for k = 1. v: `[M, k]` scores.
+  Base 2 (Arora et al.) gives ℓ(0) = 1 for k = 1. v: `[M, k]` scores (finite; from features,
+  `curl_loss` avoids overflowing scores).
   """
   _checks.rank("v", v, 2)
   base = _check_base(base)
@@ -113,13 +203,21 @@ def hinge_loss(v: jax.Array, *, axis_name: Optional[str] = None) -> jax.Array:
 
 def curl_loss(fx: jax.Array, fx_pos: jax.Array, fx_neg: jax.Array, *, loss: str = "logistic",
               base: float = 2.0, axis_name: Optional[str] = None) -> jax.Array:
-  """The unsupervised CURL loss L_un: `loss` of `curl_scores` (block scores if fx_pos is 3-D)."""
+  """The unsupervised CURL loss L_un: `loss` of `curl_scores` (block scores if fx_pos is 3-D).
+
+  The logistic loss is `logistic_tuple_losses` (overflow-free). For finite features both
+  losses are never NaN and their gradients finite; the value is +inf only where a tuple's
+  loss, or the sum over tuples (the mean is a sum / count), exceeds the float range.
+  """
   _checks.choice("loss", loss, LOSSES)
-  block = np.ndim(fx_pos) == 3
-  v = (curl_block_scores if block else curl_scores)(fx, fx_pos, fx_neg)
+  base = _check_base(base)
+  if np.ndim(fx_pos) == 3:
+    _check_blocks(fx_pos, fx_neg)
+    fx_pos, fx_neg = jnp.mean(fx_pos, axis=1), jnp.mean(fx_neg, axis=2)
+  _check_tuples(fx, fx_pos, fx_neg)
   if loss == "logistic":
-    return logistic_loss(v, base, axis_name=axis_name)
-  return hinge_loss(v, axis_name=axis_name)
+    return _global_mean(logistic_tuple_losses(fx, fx_pos, fx_neg, base), axis_name)
+  return hinge_loss(_overflow_free_scores(fx, fx_pos, fx_neg), axis_name=axis_name)
 
 
 def _check_labels(labels, num_rows: int) -> None:
