@@ -331,7 +331,8 @@ def plot_metrics(workdir: str) -> list[str]:
     path = os.path.join(workdir, "accuracy.png")
     plotting.line_plot(path, {"kNN test accuracy": ([r["step"] for r in evals],
                                                     [r["knn_accuracy"] for r in evals])},
-                       xlabel="step", ylabel="accuracy", title="evaluation", markers=True)
+                       xlabel="step", ylabel="kNN test accuracy",
+                       title="kNN accuracy on the held-out test split", markers=True)
     written.append(path)
   return written
 
