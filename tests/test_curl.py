@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from contrax.losses import curl
+from oracles import fd_grad, rel_err
 
 M, K, D, BLOCK, C = 5, 3, 4, 2, 4
 
@@ -50,26 +51,6 @@ def oracle_multiway(features, labels, tasks, mu, loss, base=2.0):
       losses.append(oracle_logistic(v[None], base) if loss == "logistic" else oracle_hinge(v[None]))
     per_task.append(np.mean(losses) if losses else 0.0)
   return float(np.mean(per_task))
-
-
-def fd_grad(f, *arrays, h=1e-6):
-  grads = []
-  for k, a in enumerate(arrays):
-    g = np.zeros(a.shape)
-    for idx in np.ndindex(a.shape):
-      plus = [np.array(x, np.float64) for x in arrays]
-      minus = [np.array(x, np.float64) for x in arrays]
-      plus[k][idx] += h
-      minus[k][idx] -= h
-      g[idx] = (f(*plus) - f(*minus)) / (2 * h)
-    grads.append(g)
-  return grads
-
-
-def rel_err(got, want):
-  got = np.concatenate([np.ravel(g) for g in got])
-  want = np.concatenate([np.ravel(w) for w in want])
-  return np.linalg.norm(got - want) / np.linalg.norm(want)
 
 
 def tuples(seed, scale=1.0, block=False, m=M):

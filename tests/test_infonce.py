@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from contrax import negatives
 from contrax.losses import infonce, ntxent, supervised_infonce
+from oracles import fd_grad, rel_err
 
 TEMPERATURES = (0.05, 0.5, 2.0)
 B, D = 4, 6
@@ -73,31 +74,10 @@ def oracle_supervised(z1, z2, labels, t):
   return float(np.mean(out))
 
 
-def fd_grad(f, *arrays, h=1e-6):
-  """Central finite differences of a float64 scalar function of several arrays."""
-  grads = []
-  for k, a in enumerate(arrays):
-    g = np.zeros_like(a, dtype=np.float64)
-    for idx in np.ndindex(a.shape):
-      plus = [np.array(x, np.float64) for x in arrays]
-      minus = [np.array(x, np.float64) for x in arrays]
-      plus[k][idx] += h
-      minus[k][idx] -= h
-      g[idx] = (f(*plus) - f(*minus)) / (2 * h)
-    grads.append(g)
-  return grads
-
-
 def value_and_grad(loss_fn):
   """Value and gradients with respect to both views, run eagerly: every test uses the same
   small shapes, so the per-primitive compilations are shared and the file stays fast."""
   return jax.value_and_grad(loss_fn, argnums=(0, 1))
-
-
-def rel_err(got, want):
-  got = np.concatenate([np.ravel(g) for g in got])
-  want = np.concatenate([np.ravel(w) for w in want])
-  return np.linalg.norm(got - want) / np.linalg.norm(want)
 
 
 def views(seed, b=B, d=D, scale=1.0):
