@@ -41,7 +41,7 @@ job of many hours):
 Measured: the default command, end to end on the quiet 2-core CPU: 8 min 25 s wall, 780 s
 CPU (`/usr/bin/time`), within the ≤ 20 min target.
 - (a): max relative gap to λ_max/2 = 6.4e-7, max σ₂/σ₁ over every layer = 6.3e-8, min |cos|
-  = 0.99999 for all α ∈ {infonce, uniform, random}, depths 2–4, 5 seeds; C_α has 1–2
+  = 0.99999 for all α ∈ {infonce, uniform, random}, depths 2–4, 5 seeds; C_α has 2
   negative eigenvalues (of 16) for each α (seed 0): it is indefinite.
 - (b) identity top: ReLU effective rank 1.84–2.36, covering 1–2 input directions (mean 1.8),
   linear 1.000 (1 direction) for every seed; trained top: ReLU 1.39–1.84 (units are
