@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
+import os
 from typing import Any, Sequence
 
 import ml_collections
@@ -87,3 +89,20 @@ def parse(config: ml_collections.ConfigDict, argv: Sequence[str] | None = None,
     from contrax import parallel  # imports JAX; joining must precede any JAX computation
     parallel.initialize_distributed()
   return config, args
+
+
+def run_script(get_config, run, argv: Sequence[str] | None = None, description: str = ""):
+  """An experiment's `main`: flags over `get_config()`, then `run(config, workdir)`.
+
+  The workdir is `--workdir`, or `runs/<config.name>`.
+  """
+  config, args = parse(get_config(), argv, description=description)
+  return run(config, args.workdir or os.path.join("runs", config.name))
+
+
+def write_summary(workdir: str, summary: dict, text: str) -> dict:
+  """Write `summary.json` to `workdir`, print the results `text`, return `summary`."""
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  print(text)
+  return summary

@@ -315,15 +315,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   plot(stats, records, config, workdir)
   summary = dict(stats=stats, wall_seconds=time.time() - start,
                  bound_holds=sum(r["bound_holds"] for r in records), runs=len(records))
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  print(text)
-  return summary
+  return config_lib.write_summary(workdir, summary, text)
 
 
 def main(argv=None) -> dict:
-  config, args = config_lib.parse(get_config(), argv, description=__doc__)
-  return run(config, args.workdir or os.path.join("runs", config.name))
+  return config_lib.run_script(get_config, run, argv, description=__doc__)
 
 
 if __name__ == "__main__":

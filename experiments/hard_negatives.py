@@ -246,15 +246,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     f.write(text + "\n")
   plot(stats, os.path.join(workdir, "accuracy_vs_hardness.png"))
   summary = dict(stats=stats, wall_seconds=time.time() - start)
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  print(text)
-  return summary
+  return config_lib.write_summary(workdir, summary, text)
 
 
 def main(argv=None) -> dict:
-  config, args = config_lib.parse(get_config(), argv, description=__doc__)
-  return run(config, args.workdir or os.path.join("runs", config.name))
+  return config_lib.run_script(get_config, run, argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ import time
 
 import ml_collections
 
+from contrax import config as config_lib  # no JAX import: safe before XLA_FLAGS are set
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -267,17 +269,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       pot_over_contrax={f"{r['n']}@{r['num_iterations']}": r["pot_over_contrax"]
                         for r in results["coupling"]},
       seconds_total=results["seconds_total"])
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  print(text)
-  return summary
+  return config_lib.write_summary(workdir, summary, text)
 
 
 def main(argv=None) -> dict:
-  from contrax import config as config_lib
-
-  config, args = config_lib.parse(get_config(), argv, description=__doc__)
-  return run(config, args.workdir or os.path.join("runs", config.name))
+  return config_lib.run_script(get_config, run, argv, description=__doc__)
 
 
 if __name__ == "__main__":

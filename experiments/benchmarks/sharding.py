@@ -58,6 +58,8 @@ if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in \
 
 import ml_collections  # noqa: E402
 
+from contrax import config as config_lib  # noqa: E402
+
 MIB = 2.0**20
 
 
@@ -192,17 +194,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {"largest_batch": largest, "devices": config.num_devices,
              **{f"{impl}_per_device_mib": by_key[(impl, largest)]["per_device_mib"]
                 for impl in config.implementations}}
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  print(text)
-  return summary
+  return config_lib.write_summary(workdir, summary, text)
 
 
 def main(argv=None) -> dict:
-  from contrax import config as config_lib
-
-  config, args = config_lib.parse(get_config(), argv, description=__doc__)
-  return run(config, args.workdir or os.path.join("runs", config.name))
+  return config_lib.run_script(get_config, run, argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import time
 
 import ml_collections
 
+from contrax import config as config_lib  # no JAX import: safe before XLA_FLAGS are set
+
 GIB = 2.0**30
 
 
@@ -178,17 +180,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "largest_tiled_peak_rss_gib": max(tiled, key=lambda r: r["n"])["peak_rss_gib"]
                                     if tiled else None,
   }
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  print(text)
-  return summary
+  return config_lib.write_summary(workdir, summary, text)
 
 
 def main(argv=None) -> dict:
-  from contrax import config as config_lib
-
-  config, args = config_lib.parse(get_config(), argv, description=__doc__)
-  return run(config, args.workdir or os.path.join("runs", config.name))
+  return config_lib.run_script(get_config, run, argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ import time
 
 import ml_collections
 
+from contrax import config as config_lib  # no JAX import: safe before XLA_FLAGS are set
+
 MODELS = ("convnet", "resnet18")
 IMAGE_SHAPE = (32, 32, 3)
 MEMORY_FORMATS = ("default", "channels_last")
@@ -547,9 +549,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def main(argv=None) -> dict:
-  from contrax import config as config_lib
-  config, args = config_lib.parse(get_config(), argv, description=__doc__)
-  return run(config, args.workdir or os.path.join("runs", config.name))
+  return config_lib.run_script(get_config, run, argv, description=__doc__)
 
 
 if __name__ == "__main__":
