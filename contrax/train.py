@@ -361,6 +361,14 @@ def _restore(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
   return flax.serialization.from_state_dict(state, restored)
 
 
+def load_trained(config: ml_collections.ConfigDict, workdir: str, image_shape):
+  """`(model, variables)` of the latest checkpoint of a `pretrain(config, workdir)` run."""
+  model = models.create(config.model, projection_dim=config.projection_dim,
+                        bn_axis_name=parallel.DATA_AXIS)
+  state = init_state(model, make_optimizer(config), jax.random.key(0), image_shape)
+  return model, _restore(checkpoint_manager(workdir), state).variables()
+
+
 def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False) -> dict:
   """Contrastive pre-training plus evaluation; writes the run directory and returns the summary.
 

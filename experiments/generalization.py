@@ -77,7 +77,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from contrax import augment, data, models, parallel, theory, train
+from contrax import augment, data, theory, train
 from contrax import config as config_lib
 
 RICHNESS = ("crop", "crop+flip", "crop+jitter", "crop+blur+gray+jitter", "all")
@@ -141,11 +141,7 @@ def run_config(config, method: str, aug: str, seed: int) -> ml_collections.Confi
 
 def trained_encoder(run: ml_collections.ConfigDict, workdir: str, image_shape):
   """`apply(images) -> h` for the final parameters of a finished `train.pretrain` run."""
-  model = models.create(run.model, projection_dim=run.projection_dim,
-                        bn_axis_name=parallel.DATA_AXIS)
-  state = train.init_state(model, train.make_optimizer(run), jax.random.key(0), image_shape)
-  state = train._restore(train.checkpoint_manager(workdir), state)  # pylint: disable=protected-access
-  variables = state.variables()
+  model, variables = train.load_trained(run, workdir, image_shape)
   apply = jax.jit(lambda x: model.apply(variables, x, method=type(model).encode))
   return lambda x: apply(augment.to_float(jnp.asarray(x)))
 

@@ -69,7 +69,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from contrax import augment, data, models, negatives, parallel, train
+from contrax import augment, data, negatives, train
 from contrax import config as config_lib
 from contrax.losses import _layout
 
@@ -128,18 +128,9 @@ def run_config(config, overrides: dict, seed: int) -> ml_collections.ConfigDict:
   return c
 
 
-def trained_variables(run: ml_collections.ConfigDict, workdir: str, image_shape):
-  """The final parameters and BN statistics of a finished `train.pretrain` run."""
-  model = models.create(run.model, projection_dim=run.projection_dim,
-                        bn_axis_name=parallel.DATA_AXIS)
-  state = train.init_state(model, train.make_optimizer(run), jax.random.key(0), image_shape)
-  state = train._restore(train.checkpoint_manager(workdir), state)  # pylint: disable=protected-access
-  return model, state.variables()
-
-
 def hardness(config, run, workdir: str, dataset, weights_fn) -> dict:
   """Mean similarity of the weighted negatives vs the uniform mean, on test-image views."""
-  model, variables = trained_variables(run, workdir, dataset.train.image_shape)
+  model, variables = train.load_trained(run, workdir, dataset.train.image_shape)
   n = min(config.diagnostic_images, len(dataset.test))
   images, _ = dataset.test[np.arange(n)]
 
