@@ -82,6 +82,15 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
 # Features
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(model: nn.Module, variables: Any, images: jax.Array) -> jax.Array:
+  # Module-level and keyed on the (hashable) module, so repeated evaluations during training
+  # reuse one compilation instead of tracing a fresh closure per call.
+  if jnp.issubdtype(images.dtype, jnp.integer):
+    images = images.astype(jnp.float32) / 255.0
+  return model.apply(variables, images, train=False, method="encode")
+
+
 def extract_features(model: nn.Module, variables: Any, split, *,
                      batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
   """Encoder features `f(x)` (eval mode, running BN statistics) of every image of `split`.
@@ -89,7 +98,8 @@ def extract_features(model: nn.Module, variables: Any, split, *,
   `split` is any object with `len(split)` and `split[indices] -> (images, labels)` (e.g.
   `contrax.data.ArraySplit`); uint8 images are mapped to [0, 1] by `x / 255` inside the
   jitted apply (floating images are taken as already in [0, 1]). The apply is
-  `model.apply(variables, x, train=False, method='encode')`, jitted once: the last batch is
+  `model.apply(variables, x, train=False, method='encode')`, compiled once per (model,
+  batch shape) across calls: the last batch is
   padded to the fixed batch size and the padding dropped.
 
   Returns float32 features `[n, D]` and int labels `[n]` in split order.
@@ -99,13 +109,6 @@ def extract_features(model: nn.Module, variables: Any, split, *,
   if n == 0:
     raise ValueError("split must contain at least one example, got len(split) = 0")
   batch_size = min(batch_size, n)
-
-  @jax.jit
-  def encode(variables, images):
-    if jnp.issubdtype(images.dtype, jnp.integer):
-      images = images.astype(jnp.float32) / 255.0
-    return model.apply(variables, images, train=False, method="encode")
-
   features, labels = [], []
   for start, stop in _padded_batches(n, batch_size):
     images, batch_labels = split[np.arange(start, stop)]
@@ -113,7 +116,7 @@ def extract_features(model: nn.Module, variables: Any, split, *,
     if not (images.dtype == np.uint8 or np.issubdtype(images.dtype, np.floating)):
       raise TypeError(f"split images must be uint8 (or floating in [0, 1]), got dtype "
                       f"{images.dtype}")
-    out = encode(variables, _pad_rows(images, batch_size))
+    out = _encode(model, variables, _pad_rows(images, batch_size))
     features.append(np.asarray(out, np.float32)[:stop - start])
     labels.append(np.asarray(batch_labels))
   return np.concatenate(features), np.concatenate(labels)

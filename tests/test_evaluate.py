@@ -220,6 +220,28 @@ def test_extract_features_matches_numpy_mlp_with_padding(mlp_and_images):
   assert [len(r) for r in split.requests] == [16, 16, 5]
 
 
+TRACES = []
+
+
+class _TraceCountingModel(models.ContrastiveModel):
+  def encode(self, x, train: bool = False):
+    TRACES.append(x.shape)   # runs only while JAX traces
+    return super().encode(x, train=train)
+
+
+def test_extract_features_traces_once_across_calls(mlp_and_images):
+  # Evaluating during training calls extract_features with new variables each time: the
+  # apply must be compiled once per (model, batch shape), not once per call.
+  model, variables, images, labels = mlp_and_images
+  counting = _TraceCountingModel(**{f: getattr(model, f) for f in ("encoder", "head")})
+  split = ArrayStandIn(images[:32], labels[:32])
+  first, _ = evaluate.extract_features(counting, variables, split, batch_size=16)
+  shifted = jax.tree.map(lambda v: v * 1.5, variables)
+  second, _ = evaluate.extract_features(counting, shifted, split, batch_size=16)
+  assert TRACES == [(16, 6, 6, 1)]
+  assert not np.allclose(first, second)
+
+
 def test_extract_features_rejects_non_image_dtypes(mlp_and_images):
   model, variables, images, labels = mlp_and_images
   with pytest.raises(TypeError, match="uint8"):
