@@ -389,6 +389,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
   except (ValueError, TypeError, OSError) as e:
     raise ConfigError(str(e)) from e
   is_chief = jax.process_index() == 0
+  # Every process computes the same replicated values: only the chief reports them.
+  say = tqdm.write if is_chief else (lambda message: None)
   if is_chief:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(config.to_dict(), f, indent=2)
@@ -402,7 +404,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
   if resume and manager.latest_step() is not None:
     state = _restore(manager, state)
   elif resume:
-    print(f"--resume: no checkpoint in {workdir}/checkpoints; starting from step 0")
+    say(f"--resume: no checkpoint in {workdir}/checkpoints; starting from step 0")
   start_step = int(state.step)
   log = _MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step, is_chief)
   step_fn = make_train_step(model, optimizer, loss_fn, augmentation, mesh, seed=config.seed)
@@ -431,7 +433,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
       bar.close()
       manager.wait_until_finished()  # the checkpoint named in the message is committed
       raise FloatingPointError(f"{message}; last good checkpoint: {ckpt}")
-    tqdm.write(f"warning: {message}; skipping (on_nonfinite='skip')")
+    say(f"warning: {message}; skipping (on_nonfinite='skip')")
 
   # A step's `finite` flag is read one step late, after the next step is dispatched, so the
   # host never waits for the device between steps (no per-step round trip); it is read at
@@ -464,7 +466,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
     if config.eval_every and done % config.eval_every == 0 and done != config.steps:
       acc = knn_now()
       log.write({"step": done, "knn_accuracy": acc})
-      tqdm.write(f"step {done}: kNN test accuracy {acc:.4f}")
+      say(f"step {done}: kNN test accuracy {acc:.4f}")
     if config.checkpoint_every and done % config.checkpoint_every == 0:
       _save(manager, state)
       last_good = done

@@ -29,6 +29,8 @@ import json
 import os
 import sys
 
+import jax
+
 from contrax import config as config_lib
 from contrax import train
 
@@ -99,8 +101,9 @@ def main(argv=None) -> dict:
     fail(e, 2)
   except FloatingPointError as e:  # the non-finite guard stopped the run
     fail(e, 1)
-  print(json.dumps(summary, indent=2))
-  print(f"run directory: {os.path.abspath(workdir)}")
+  if jax.process_index() == 0:  # every process holds the same summary
+    print(json.dumps(summary, indent=2))
+    print(f"run directory: {os.path.abspath(workdir)}")
   return summary
 
 

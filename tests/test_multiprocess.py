@@ -122,6 +122,11 @@ def test_pretrain_cli_on_two_processes_equals_one_process(tmp_path):
                JAX_NUM_PROCESSES=str(NUM_PROCESSES), JAX_PROCESS_ID=str(i),
                JAX_NUM_CPU_DEVICES=str(LOCAL_DEVICES)) for i in range(NUM_PROCESSES)]
   run_processes(tmp_path, [command] * NUM_PROCESSES, envs)
+  logs = [(tmp_path / f"process{i}.log").read_text() for i in range(NUM_PROCESSES)]
+  assert "step 2: kNN test accuracy" in logs[0]
+  assert "run directory" in logs[0]
+  assert all("kNN test accuracy" not in log and "run directory" not in log
+             for log in logs[1:])  # the chief alone reports
   records = train.read_metrics(str(run))
   keys = [(r["step"], tuple(sorted(r))) for r in records]
   assert len(keys) == len(set(keys)) == 4  # loss and kNN at steps 2 and 4, written once
