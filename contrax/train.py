@@ -369,6 +369,32 @@ def load_trained(config: ml_collections.ConfigDict, workdir: str, image_shape):
   return model, _restore(checkpoint_manager(workdir), state).variables()
 
 
+def pretrain_once(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The summary of `pretrain(config, workdir)`, training only what is not finished.
+
+  A `workdir` with summary.json is a finished run: its summary is returned without training,
+  after checking that its config.json agrees with `config` on every key both hold (a finished
+  run of another config raises ValueError naming the keys; it is never silently reused).
+  Otherwise the run starts, or resumes from its last checkpoint. Studies of many runs call this
+  so that re-running one after an interruption redoes nothing that finished.
+  """
+  summary_path = os.path.join(workdir, "summary.json")
+  if not os.path.exists(summary_path):
+    return pretrain(config, workdir,
+                    resume=os.path.isdir(os.path.join(workdir, "checkpoints")))
+  with open(os.path.join(workdir, "config.json")) as f:
+    saved = json.load(f)
+  wanted = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as saved
+  differ = sorted(k for k in saved.keys() & wanted.keys() if saved[k] != wanted[k])
+  if differ:
+    raise ValueError(
+        f"{workdir} holds a finished run of another config ("
+        + ", ".join(f"{k}: {saved[k]!r} there, {wanted[k]!r} here" for k in differ)
+        + "); use another workdir or delete that run")
+  with open(summary_path) as f:
+    return json.load(f)
+
+
 def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False) -> dict:
   """Contrastive pre-training plus evaluation; writes the run directory and returns the summary.
 

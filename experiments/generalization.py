@@ -48,7 +48,7 @@ NN-centre error ≤ (1 − σ̂(12)) + R̂_ε in only 1 of 4 runs (error 0.65-0.
 R̂_ε ≈ 0 at ε = 1, and σ̂ from a greedy clique on 300 images is an estimate).
 
 Writes runs/generalization/ (or --workdir): one run directory per (method, augmentation, seed)
-(skipped if its summary.json exists, so an interrupted study resumes), config.json,
+(`train.pretrain_once`: a finished run is reused, so an interrupted study resumes), config.json,
 results.json, results.md (table), accuracy_vs_augmentation.png, error_vs_bound.png,
 summary.json.
 
@@ -297,12 +297,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for method, aug, seed in tqdm(jobs, desc="generalization", disable=not sys.stderr.isatty()):
     run_cfg = run_config(config, method, aug, seed)
     run_dir = os.path.abspath(os.path.join(workdir, "runs", f"{method}_{aug}_seed{seed}"))
-    summary_path = os.path.join(run_dir, "summary.json")
-    if os.path.exists(summary_path):
-      with open(summary_path) as f:
-        summary = json.load(f)
-    else:
-      summary = train.pretrain(run_cfg, run_dir)
+    summary = train.pretrain_once(run_cfg, run_dir)
     dataset = data.load(run_cfg.data, seed=seed)
     record = dict(method=method, augmentation=aug, seed=seed,
                   knn_accuracy=summary["knn_accuracy"],

@@ -29,7 +29,7 @@ Longer setting (CIFAR-10 image-folder subset, ConvNet; see the budget note in th
         --model convnet --augmentation simclr --steps 2000 --batch_size 256
 
 Writes runs/hard_negatives/ (or --workdir): one run directory per (method, seed) from
-`train.pretrain` (skipped if its summary.json exists, so an interrupted study resumes),
+`train.pretrain_once` (a finished run is reused, an unfinished one resumed),
 config.json, results.json, results.md (the table), accuracy_vs_hardness.png, summary.json.
 
 Runtime of the default command: 40 min wall (21 runs of ~90-140 s: 200 steps, compilation
@@ -216,12 +216,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for seed in config.seeds:
       run_cfg = run_config(config, overrides, seed)
       run_dir = os.path.abspath(os.path.join(workdir, "runs", f"{method}_seed{seed}"))
-      summary_path = os.path.join(run_dir, "summary.json")
-      if os.path.exists(summary_path):
-        with open(summary_path) as f:
-          summary = json.load(f)
-      else:
-        summary = train.pretrain(run_cfg, run_dir)
+      summary = train.pretrain_once(run_cfg, run_dir)
       dataset = data.load(run_cfg.data, seed=seed)
       record = dict(method=method, seed=seed, knn_accuracy=summary["knn_accuracy"],
                     linear_accuracy=summary["linear_accuracy"],

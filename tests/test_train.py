@@ -134,3 +134,17 @@ def test_nonfinite_skip_policy_keeps_parameters_finite(tmp_path, monkeypatch):
   train.pretrain(tiny_config(on_nonfinite="skip"), str(tmp_path))
   state = restored_state(str(tmp_path))
   assert all(np.all(np.isfinite(x)) for x in leaves(state))
+
+
+def test_pretrain_once_trains_once_and_refuses_a_stale_run(tmp_path, monkeypatch):
+  config = tiny_config()
+  first = train.pretrain_once(config, str(tmp_path))
+  assert set(first) >= {"knn_accuracy", "linear_accuracy", "wall_seconds"}
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("pretrain_once retrained a finished run")
+
+  monkeypatch.setattr(train, "pretrain", no_training)
+  assert train.pretrain_once(tiny_config(), str(tmp_path)) == first
+  with pytest.raises(ValueError, match=r"another config \(steps: 6 there, 7 here, temperature: "):
+    train.pretrain_once(tiny_config(steps=7, temperature=0.3), str(tmp_path))
