@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import embeddings
 
 import jax
 import jax.numpy as jnp
@@ -26,24 +27,6 @@ B, D, Q = 3, 4, 2
 SETTINGS = settings(max_examples=8, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 temperatures = st.floats(0.01, 10.0)
-
-
-@st.composite
-def embeddings(draw, rows=2 * B, max_exponent=38):
-  """`[rows, D]` float32 with entries spanning many magnitudes, some zero rows and some
-  duplicated rows."""
-  mantissa = draw(st.lists(st.floats(-1.0, 1.0, width=32), min_size=rows * D,
-                           max_size=rows * D))
-  exponent = draw(st.lists(st.integers(-30, max_exponent), min_size=rows, max_size=rows))
-  z = np.array(mantissa, np.float32).reshape(rows, D)
-  z *= np.float32(10.0) ** np.array(exponent, np.float32)[:, None] / np.float32(3.4)
-  for r in draw(st.lists(st.integers(0, rows - 1), max_size=2)):
-    z[r] = 0.0
-  for src, dst in draw(st.lists(st.tuples(st.integers(0, rows - 1), st.integers(0, rows - 1)),
-                                max_size=2)):
-    z[dst] = z[src]
-  assert np.all(np.isfinite(z))
-  return z
 
 
 def two_views(z):
@@ -67,7 +50,7 @@ def assert_finite_weights(weight_fn, z1, z2, check_rows=True):
 
 
 @SETTINGS
-@given(z=embeddings(), queue=embeddings(rows=Q), t=temperatures, tau=st.floats(0.0, 0.99),
+@given(z=embeddings(2 * B, D), queue=embeddings(Q, D), t=temperatures, tau=st.floats(0.0, 0.99),
        beta=st.floats(0.0, 5.0), labels=st.lists(st.integers(0, 2), min_size=B, max_size=B))
 def test_infonce_family_is_finite(z, queue, t, tau, beta, labels):
   z1, z2 = two_views(z)
@@ -85,7 +68,7 @@ def test_infonce_family_is_finite(z, queue, t, tau, beta, labels):
 
 
 @SETTINGS
-@given(z=embeddings(), t=temperatures, beta=st.floats(0.0, 5.0), p=st.floats(0.5, 6.0),
+@given(z=embeddings(2 * B, D), t=temperatures, beta=st.floats(0.0, 5.0), p=st.floats(0.5, 6.0),
        eps_alpha=st.floats(0.0, 1.0))
 def test_weightings_are_finite(z, t, beta, p, eps_alpha):
   z1, z2 = two_views(z)
@@ -102,7 +85,7 @@ def test_weightings_are_finite(z, t, beta, p, eps_alpha):
 
 
 @SETTINGS
-@given(z=embeddings(), t=temperatures, eps=st.floats(0.0, 2.0), margin=st.floats(0.0, 2.0),
+@given(z=embeddings(2 * B, D), t=temperatures, eps=st.floats(0.0, 2.0), margin=st.floats(0.0, 2.0),
        p=st.floats(0.5, 6.0))
 def test_alpha_cl_is_finite(z, t, eps, margin, p):
   z1, z2 = two_views(z)
@@ -117,7 +100,7 @@ def test_alpha_cl_is_finite(z, t, eps, margin, p):
 
 
 @SETTINGS
-@given(z=embeddings(rows=3 * B), base=st.floats(1.1, 10.0))
+@given(z=embeddings(3 * B, D), base=st.floats(1.1, 10.0))
 def test_paper_form_losses_are_finite(z, base):
   f1, f2, fn = (jnp.asarray(z[k * B:(k + 1) * B]) for k in range(3))
   assert_finite_value_and_grad(lambda a, b, c: barlow.paper_infonce_one_negative(a, b, c).loss,
@@ -125,7 +108,7 @@ def test_paper_form_losses_are_finite(z, base):
 
 
 @SETTINGS
-@given(z=embeddings(rows=2 * B + 2 * B * 2, max_exponent=3), base=st.floats(1.1, 10.0),
+@given(z=embeddings(2 * B + 2 * B * 2, D, max_exponent=3), base=st.floats(1.1, 10.0),
        lambda_=st.floats(0.0, 1.0), eps=st.sampled_from([0.0, 1e-5]),
        labels=st.lists(st.integers(0, 2), min_size=B, max_size=B))
 def test_raw_feature_losses_are_finite(z, base, lambda_, eps, labels):
