@@ -98,9 +98,8 @@ def extract_features(model: nn.Module, variables: Any, split, *,
   `split` is any object with `len(split)` and `split[indices] -> (images, labels)` (e.g.
   `contrax.data.ArraySplit`); uint8 images are mapped to [0, 1] by `x / 255` inside the
   jitted apply (floating images are taken as already in [0, 1]). The apply is
-  `model.apply(variables, x, train=False, method='encode')`, compiled once per (model,
-  batch shape) across calls: the last batch is
-  padded to the fixed batch size and the padding dropped.
+  `model.apply(variables, x, train=False, method='encode')`, compiled once per (model, batch
+  shape) across calls: the last batch is padded to the fixed batch size and the padding dropped.
 
   Returns float32 features `[n, D]` and int labels `[n]` in split order.
   """
