@@ -112,12 +112,14 @@ def curl_scores(fx: jax.Array, fx_pos: jax.Array, fx_neg: jax.Array) -> jax.Arra
   return _overflow_free_scores(fx, fx_pos, fx_neg)
 
 
-def _check_blocks(fx_pos, fx_neg) -> None:
+def _block_means(fx_pos, fx_neg) -> Tuple[jax.Array, jax.Array]:
+  """Checked block shapes `[M, b, d]`, `[M, k, b, d]` -> their means over b."""
   _checks.rank("fx_pos", fx_pos, 3)
   _checks.rank("fx_neg", fx_neg, 4)
   if np.shape(fx_pos)[2] != np.shape(fx_neg)[3] or np.shape(fx_pos)[1] != np.shape(fx_neg)[2]:
     raise ValueError(f"fx_pos [M, b, d] and fx_neg [M, k, b, d] must share b and d, got "
                      f"{np.shape(fx_pos)} and {np.shape(fx_neg)}")
+  return jnp.mean(fx_pos, axis=1), jnp.mean(fx_neg, axis=2)
 
 
 def curl_block_scores(fx: jax.Array, fx_pos: jax.Array, fx_neg: jax.Array) -> jax.Array:
@@ -129,8 +131,7 @@ def curl_block_scores(fx: jax.Array, fx_pos: jax.Array, fx_neg: jax.Array) -> ja
   Returns:
     `[M, k]` scores `f(x)ᵀ (mean_b f(x⁺) - mean_b f(x⁻_i))` (Arora et al. §6).
   """
-  _check_blocks(fx_pos, fx_neg)
-  return curl_scores(fx, jnp.mean(fx_pos, axis=1), jnp.mean(fx_neg, axis=2))
+  return curl_scores(fx, *_block_means(fx_pos, fx_neg))
 
 
 def _logistic_rows(v: jax.Array, base: float, mask: Optional[jax.Array] = None) -> jax.Array:
@@ -212,8 +213,7 @@ def curl_loss(fx: jax.Array, fx_pos: jax.Array, fx_neg: jax.Array, *, loss: str 
   _checks.choice("loss", loss, LOSSES)
   base = _check_base(base)
   if np.ndim(fx_pos) == 3:
-    _check_blocks(fx_pos, fx_neg)
-    fx_pos, fx_neg = jnp.mean(fx_pos, axis=1), jnp.mean(fx_neg, axis=2)
+    fx_pos, fx_neg = _block_means(fx_pos, fx_neg)
   _check_tuples(fx, fx_pos, fx_neg)
   if loss == "logistic":
     return _global_mean(logistic_tuple_losses(fx, fx_pos, fx_neg, base), axis_name)
