@@ -50,6 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = "digits"
   c.model = "mlp"
   c.projection_dim = 64
+  c.widths = ()          # convnet / resnet18 stage widths; () = the model's default
   c.augmentation = "digits"
   c.loss = "ntxent"
   c.temperature = 0.5
@@ -361,10 +362,25 @@ def _restore(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
   return flax.serialization.from_state_dict(state, restored)
 
 
+def create_model(config: ml_collections.ConfigDict) -> models.ContrastiveModel:
+  """The model of a run: `config.model` with its projection and (if set) stage widths."""
+  widths = tuple(config.get("widths", ()))
+  try:  # a CLI value (`--widths 32,64,128,256`) arrives as strings
+    widths = tuple(int(w) for w in widths)
+  except (TypeError, ValueError):
+    raise ValueError(f"widths must be positive integers, got {config.widths!r}") from None
+  if any(w < 1 for w in widths):
+    raise ValueError(f"widths must be positive integers, got {widths!r}")
+  if widths and config.model == "mlp":
+    raise ValueError(f"widths={widths!r} applies to the convnet and resnet18 models, "
+                     "not 'mlp'")
+  return models.create(config.model, projection_dim=config.projection_dim,
+                       bn_axis_name=parallel.DATA_AXIS, **({"widths": widths} if widths else {}))
+
+
 def load_trained(config: ml_collections.ConfigDict, workdir: str, image_shape):
   """`(model, variables)` of the latest checkpoint of a `pretrain(config, workdir)` run."""
-  model = models.create(config.model, projection_dim=config.projection_dim,
-                        bn_axis_name=parallel.DATA_AXIS)
+  model = create_model(config)
   state = init_state(model, make_optimizer(config), jax.random.key(0), image_shape)
   return model, _restore(checkpoint_manager(workdir), state).variables()
 
@@ -404,6 +420,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
   start_time = time.time()
   try:  # every check a user can act on, before anything is compiled
     augmentation, loss_fn, optimizer, mesh = validate_config(config)
+    model = create_model(config)
     workdir = _check_workdir(workdir)
     options = ({"on_bad_file": config.get("on_bad_file", "skip")}
                if config.data.startswith("folder:") else {})
@@ -421,8 +438,6 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(config.to_dict(), f, indent=2)
 
-  model = models.create(config.model, projection_dim=config.projection_dim,
-                        bn_axis_name=parallel.DATA_AXIS)
   key = jax.random.key(config.seed)
   state = init_state(model, optimizer, jax.random.fold_in(key, 1), train_split.image_shape)
   state = jax.device_put(state, parallel.replicated(mesh))

@@ -44,6 +44,8 @@ def restored_state(workdir):
     ("learning_rate", 0.0, "learning_rate must be"),
     ("num_devices", 9, "num_devices must be"),
     ("batch_size", 12, "not divisible"),
+    ("widths", (8, 16), "applies to the convnet and resnet18 models"),  # the default model: mlp
+    ("widths", ("a",), r"widths must be positive integers, got \('a',\)"),
 ])
 def test_bad_config_is_a_clear_error_before_compiling(tmp_path, field, value, match):
   config = tiny_config(**{field: value})
@@ -51,6 +53,17 @@ def test_bad_config_is_a_clear_error_before_compiling(tmp_path, field, value, ma
     config.num_devices = 8
   with pytest.raises(ValueError, match=match):
     train.pretrain(config, str(tmp_path))
+
+
+def test_widths_reach_the_encoder():
+  """`--widths 8,16` (strings from the CLI) sets the ConvNet's stage widths; () keeps its default."""
+  config = tiny_config(model="convnet", widths=("8", "16"))
+  assert train.create_model(config).encoder.widths == (8, 16)
+  config.widths = ()
+  assert train.create_model(config).encoder.widths == (16, 32, 64, 128)
+  config.widths = (0, 16)
+  with pytest.raises(ValueError, match=r"got \(0, 16\)"):
+    train.create_model(config)
 
 
 def test_batch_larger_than_dataset(tmp_path):
