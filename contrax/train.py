@@ -420,7 +420,6 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
   start_time = time.time()
   try:  # every check a user can act on, before anything is compiled
     augmentation, loss_fn, optimizer, mesh = validate_config(config)
-    model = create_model(config)
     workdir = _check_workdir(workdir)
     options = ({"on_bad_file": config.get("on_bad_file", "skip")}
                if config.data.startswith("folder:") else {})
@@ -429,6 +428,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
     if config.batch_size > len(train_split):
       raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_split)} "
                        f"training images of {config.data!r}")
+    model = create_model(config)  # builds the module only: nothing is traced or compiled
   except (ValueError, TypeError, OSError) as e:
     raise ConfigError(str(e)) from e
   is_chief = jax.process_index() == 0

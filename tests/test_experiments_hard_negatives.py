@@ -83,6 +83,24 @@ def test_experiment_methods_map_to_train_losses():
     train.make_loss(run)  # every method's loss builds with the study's hyper-parameters
 
 
+def test_aggregate_pairs_each_method_with_simclr_of_the_same_seed():
+  """kNN 0.5/0.6/0.7 (SimCLR) vs 0.55/0.6/0.8 (seeds 0-2): paired differences 0.05/0/0.1,
+  mean 0.05, sample std 0.05; unpaired the spread would be ≈ 0.1 (the seeds' own spread)."""
+  hn = load_experiment()
+  records = [dict(method=method, seed=seed, knn_accuracy=knn, linear_accuracy=1 - knn,
+                  excess_similarity=0.0, weighted_similarity=0.0, uniform_similarity=0.0)
+             for method, accs in (("simclr", (0.5, 0.6, 0.7)), ("hcl", (0.55, 0.6, 0.8)))
+             for seed, knn in enumerate(accs)]
+  records.append(dict(records[-1], seed=9))  # a seed SimCLR lacks is left out of the pairing
+  stats = hn.aggregate(records)
+  np.testing.assert_allclose(stats["hcl"]["knn_accuracy_minus_simclr"], (0.05, 0.05), atol=1e-12)
+  np.testing.assert_allclose(stats["hcl"]["linear_accuracy_minus_simclr"], (-0.05, 0.05),
+                             atol=1e-12)
+  np.testing.assert_allclose(stats["simclr"]["knn_accuracy_minus_simclr"], (0.0, 0.0))
+  assert "| hcl | 4 |" in hn.table(stats, hn.get_config())
+  assert "+0.050 ± 0.050" in hn.table(stats, hn.get_config())
+
+
 @pytest.mark.slow
 def test_experiment_runs_at_tiny_size(tmp_path):
   hn = load_experiment()
