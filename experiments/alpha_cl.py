@@ -44,10 +44,11 @@ Result (kNN / linear probe on the 1,000 held-out images, mean ± std over seeds 
 random-init ConvNet gives 0.275 / 0.364 on seed 0's split): InfoNCE 0.399 ± 0.028 /
 0.462 ± 0.002; direct p = 2 0.400 ± 0.027 / 0.460 ± 0.014; p = 4 0.401 ± 0.025 /
 0.460 ± 0.024; p = 8 0.402 ± 0.032 / 0.460 ± 0.001; inverse power 0.365 ± 0.018 /
-0.438 ± 0.009; sparsemax 0.337 ± 0.030 / 0.402 ± 0.008; entropy 0.401 ± 0.028 / 0.469 ± 0.014. The seed spread is mostly shared across
-losses (seed 0 is ≈ 6 points below seeds 1-2 for every loss), so paired by seed: p = 2 − InfoNCE
-kNN +0.003 / −0.003 / +0.004, p = 4 +0.007 / −0.005 / +0.005 (no difference), inverse power
-−1.6 to −5.4 points and sparsemax −4.9 to −7.7 points in every seed.
+0.438 ± 0.009; sparsemax 0.337 ± 0.030 / 0.402 ± 0.008; entropy 0.401 ± 0.028 /
+0.469 ± 0.014. The seed spread is mostly shared across losses (seed 0 is ≈ 6 points below
+seeds 1-2 for every loss), so paired by seed: p = 2 − InfoNCE kNN +0.003 / −0.003 / +0.004,
+p = 4 +0.007 / −0.005 / +0.005 (no difference), inverse power −1.6 to −5.4 points and
+sparsemax −4.9 to −7.7 points in every seed.
 
 Measured: the default command, end to end on the quiet 2-core CPU: 8 min 25 s wall, 780 s
 CPU (`/usr/bin/time`), within the ≤ 20 min target.

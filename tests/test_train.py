@@ -56,7 +56,7 @@ def test_bad_config_is_a_clear_error_before_compiling(tmp_path, field, value, ma
 
 
 def test_widths_reach_the_encoder():
-  """`--widths 8,16` (strings from the CLI) sets the ConvNet's stage widths; () keeps its default."""
+  """`--widths 8,16` (CLI strings) sets the ConvNet's stage widths; () keeps its default."""
   config = tiny_config(model="convnet", widths=("8", "16"))
   assert train.create_model(config).encoder.widths == (8, 16)
   config.widths = ()
