@@ -77,9 +77,10 @@ def loss_figure(records: Sequence[Mapping]) -> Figure:
                      xlabel="step", ylabel="loss", title="training loss")
 
 
-def _label_value(ax, x: float, y: float, color: str) -> None:
-  ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center",
-              fontsize=7, color=color)
+def _label_value(ax, x: float, y: float, color: str, *, offset: tuple[int, int],
+                 ha: str) -> None:
+  ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=offset, ha=ha,
+              va="center", fontsize=7, color=color)
 
 
 def accuracy_figure(records: Sequence[Mapping]) -> Figure:
@@ -100,7 +101,7 @@ def accuracy_figure(records: Sequence[Mapping]) -> Figure:
   knn = [r["knn_accuracy"] for r in evals]
   (line,) = ax.plot(steps, knn, marker="o", ms=4, label="kNN test accuracy")
   for x, y in zip(steps, knn):
-    _label_value(ax, x, y, line.get_color())
+    _label_value(ax, x, y, line.get_color(), offset=(0, -10), ha="center")
   baseline = [r for r in evals if r["step"] == 0]
   if baseline:
     ax.axhline(baseline[0]["knn_accuracy"], ls="--", lw=1, color="0.4", label=_RANDOM_INIT)
@@ -109,7 +110,8 @@ def accuracy_figure(records: Sequence[Mapping]) -> Figure:
     final = max(probes, key=lambda r: r["step"])
     (probe,) = ax.plot([final["step"]], [final["linear_accuracy"]], ls="none", marker="*",
                        ms=11, color="C3", label="linear probe (final)")
-    _label_value(ax, final["step"], final["linear_accuracy"], probe.get_color())
+    _label_value(ax, final["step"], final["linear_accuracy"], probe.get_color(), offset=(-9, 0),
+                 ha="right")
   ax.set_ylim(0.0, 1.0)
   ax.set_xlabel("step")
   ax.set_ylabel("test accuracy")
