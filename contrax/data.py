@@ -8,7 +8,7 @@ A source is chosen by one string (`load(spec)`):
 | `synthetic` | seeded latent-class images: a random prototype per class plus Gaussian noise |
 | `folder:PATH` | an image folder, `PATH/<class>/*.png|jpg|jpeg`, read into memory with Pillow |
 | `npz:PATH` | a `.npz` with `x_train, y_train, x_test, y_test` |
-| `tfds:NAME` | a prepared TFDS dataset (ArrayRecord random access, no TensorFlow, never downloaded) |
+| `tfds:NAME` | a prepared TFDS dataset (ArrayRecord random access, no TensorFlow, no download) |
 
 Every source gives an `ImageDataset` of two `Split`s. A split is random access: `split[indices]`
 returns `(images uint8 [n, H, W, C], labels int32 [n])`. `batches` turns a split into the
