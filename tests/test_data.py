@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import os
+import shutil
 import threading
 import time
 
@@ -429,6 +431,20 @@ def test_tfds_unknown_split_is_an_error(tiny_tfds):
   data_dir, _ = tiny_tfds
   with pytest.raises(ValueError, match="validation"):
     data.load("tfds:contrax_tiny_images", data_dir=data_dir, test_split="validation")
+
+
+def test_tfds_prepared_without_random_access_is_one_clear_error(tiny_tfds, tmp_path):
+  # The same dataset recorded as tfrecord (what `tfds build` writes by default): TFDS's own
+  # NotImplementedError would end in a traceback; contrax says how to rebuild it.
+  data_dir = tmp_path / "tfds"
+  shutil.copytree(tiny_tfds[0], data_dir)
+  (info_path,) = data_dir.glob("contrax_tiny_images/*/dataset_info.json")
+  info = json.loads(info_path.read_text())
+  assert info["fileFormat"] == "array_record"
+  info_path.write_text(json.dumps(dict(info, fileFormat="tfrecord")))
+  with pytest.raises(ValueError, match="stored as tfrecord, which has no random access.*"
+                     "tfds build contrax_tiny_images --data_dir DIR --file_format array_record"):
+    data.load("tfds:contrax_tiny_images", data_dir=str(data_dir))
 
 
 # ----------------------------------------------------------------------------- batches
