@@ -15,9 +15,9 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from contrax import negatives
+from contrax import weights
 from contrax.losses import infonce, ntxent, supervised_infonce
-from oracles import fd_grad, rel_err
+from oracles import fd_grad, rel_err, on_views
 
 TEMPERATURES = (0.05, 0.5, 2.0)
 B, D = 4, 6
@@ -142,7 +142,7 @@ def test_hcl_matches_oracle(t):
   beta, tau = 1.0, 0.1
 
   def loss(a, b):
-    w = negatives.hcl(a, b, beta=beta, temperature=t)
+    w = on_views(weights.hcl)(a, b, beta=beta, temperature=t)
     return infonce(a, b, temperature=t, tau_plus=tau, weights=w)
 
   check_against_oracle(loss, lambda a, b: oracle_infonce(a, b, t, tau_plus=tau, hcl_beta=beta),
@@ -180,7 +180,7 @@ def test_identity_hcl_beta0_is_debiased_is_ntxent(t):
   """(c): HCL with beta = 0 equals debiased CL, which with tau+ = 0 equals NT-Xent."""
   z1, z2 = (jnp.asarray(v) for v in views(9))
   hcl0 = lambda a, b, tau: infonce(a, b, temperature=t, tau_plus=tau,
-                                   weights=negatives.hcl(a, b, beta=0.0, temperature=t))
+                                   weights=on_views(weights.hcl)(a, b, beta=0.0, temperature=t))
   dcl = lambda a, b, tau: infonce(a, b, temperature=t, tau_plus=tau)
   for tau in (0.1, 0.0):
     v1, g1 = value_and_grad(lambda a, b: hcl0(a, b, tau))(z1, z2)
@@ -216,7 +216,7 @@ def test_sharded_equals_single_device():
 
   def make(axis_name):
     def loss(a, b):
-      w = negatives.hcl(a, b, beta=0.5, temperature=0.5, axis_name=axis_name)
+      w = on_views(weights.hcl)(a, b, beta=0.5, temperature=0.5, axis_name=axis_name)
       return infonce(a, b, temperature=0.5, tau_plus=0.1, weights=w, axis_name=axis_name)
     return loss
 
@@ -240,7 +240,7 @@ def test_single_device_fast_path_matches_oracle_and_generic_path(t, decoupled):
   fast = lambda a, b: infonce(a, b, temperature=t, decoupled=decoupled)
   check_against_oracle(fast, lambda a, b: oracle_infonce(a, b, t, decoupled=decoupled), z1, z2)
   generic = lambda a, b: infonce(a, b, temperature=t, decoupled=decoupled,
-                                 weights=negatives.uniform(a, b))
+                                 weights=on_views(weights.uniform)(a, b))
   v1, g1 = value_and_grad(fast)(z1, z2)
   v2, g2 = value_and_grad(generic)(z1, z2)
   np.testing.assert_allclose(float(v1), float(v2), rtol=1e-5)

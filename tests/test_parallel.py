@@ -21,9 +21,10 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from contrax import augment, models, negatives, parallel, train
+from contrax import augment, models, objectives, parallel, train, weights
 from contrax.losses import alpha_cl, barlow, curl
 from contrax.losses.infonce import infonce, ntxent, supervised_infonce
+from oracles import on_views
 
 DATA = parallel.DATA_AXIS
 N_DEV = 8
@@ -151,7 +152,7 @@ def multiway_case(loss):
 
 
 def ot(**kwargs):
-  return lambda z1, z2, ax: negatives.ot(z1, z2, axis_name=ax, **kwargs)
+  return lambda z1, z2, ax: on_views(weights.ot)(z1, z2, axis_name=ax, **kwargs)
 
 
 CASES = {
@@ -167,17 +168,17 @@ CASES = {
         z1, z2, temperature=0.5, tau_plus=0.1, implementation="tiled", tile_size=3,
         axis_name=ax)),
     # negative weightings, each used by InfoNCE with gradients through the weights
-    "uniform_weights": weighted(lambda z1, z2, ax: negatives.uniform(z1, z2, axis_name=ax)),
-    "hcl": weighted(lambda z1, z2, ax: negatives.hcl(z1, z2, beta=1.0, temperature=0.5,
+    "uniform_weights": weighted(lambda z1, z2, ax: on_views(weights.uniform)(z1, z2, axis_name=ax)),
+    "hcl": weighted(lambda z1, z2, ax: on_views(weights.hcl)(z1, z2, beta=1.0, temperature=0.5,
                                                      axis_name=ax), tau_plus=0.1),
-    "alpha_direct": weighted(lambda z1, z2, ax: negatives.alpha_direct(
+    "alpha_direct": weighted(lambda z1, z2, ax: on_views(weights.alpha_direct)(
         z1, z2, p=4.0, temperature=0.5, axis_name=ax)),
     "ot_balanced_stop": weighted(ot(epsilon=0.5, num_iterations=20), tau_plus=0.05),
     "ot_balanced_unroll": weighted(ot(epsilon=0.5, num_iterations=20, gradient="unroll")),
     "ot_semi_relaxed": weighted(ot(epsilon=0.5, marginals="semi_relaxed", gradient="unroll")),
     "ot_unbalanced": weighted(ot(epsilon=0.5, marginals="unbalanced", tau=0.8,
                                  num_iterations=20)),
-    "ot_quadratic": weighted(lambda z1, z2, ax: negatives.ot_quadratic(
+    "ot_quadratic": weighted(lambda z1, z2, ax: on_views(weights.quadratic_ot)(
         z1, z2, gamma=0.5, num_iterations=20, axis_name=ax)),
     # α-CL (SPEC §6)
     "phi_psi_infonce": pair_case(lambda z1, z2, ax: alpha_cl.phi_psi_loss(
@@ -188,11 +189,11 @@ CASES = {
         z1, z2, alpha_cl.lifted_family(0.5), axis_name=ax)),
     "surrogate_infonce_alpha": surrogate(lambda z1, z2, ax: alpha_cl.infonce_alpha(
         z1, z2, temperature=0.5, axis_name=ax)),
-    "surrogate_entropy": surrogate(lambda z1, z2, ax: alpha_cl.entropy(
+    "surrogate_entropy": surrogate(lambda z1, z2, ax: on_views(weights.hcl)(
         z1, z2, temperature=0.5, axis_name=ax)),
-    "surrogate_sparsemax": surrogate(lambda z1, z2, ax: alpha_cl.sparsemax(
+    "surrogate_sparsemax": surrogate(lambda z1, z2, ax: on_views(weights.sparsemax)(
         z1, z2, temperature=0.5, axis_name=ax)),
-    "surrogate_inverse_power": surrogate(lambda z1, z2, ax: alpha_cl.inverse_power(
+    "surrogate_inverse_power": surrogate(lambda z1, z2, ax: on_views(weights.inverse_power)(
         z1, z2, power=2.0, axis_name=ax)),
     "alpha_cl_direct": pair_case(lambda z1, z2, ax: alpha_cl.alpha_cl_direct(
         z1, z2, p=4.0, eps_alpha=0.1, axis_name=ax)),

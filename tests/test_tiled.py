@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from contrax import negatives
+from contrax import weights
 from contrax.losses import tiled
 from contrax.losses.infonce import infonce
+from oracles import on_views
 
 RTOL = 1e-5
 
@@ -39,10 +40,10 @@ def oracle(z1, z2, *, temperature, tau_plus=0.0, beta=0.0, decoupled=False):
 
 
 def dense(z1, z2, *, temperature, tau_plus=0.0, beta=0.0, decoupled=False, axis_name=None):
-  """The dense loss with the same variant; HCL weights built by `negatives.hcl` (no stop-grad)."""
+  """The dense loss with the same variant; HCL weights built by `on_views(weights.hcl)` (no stop-grad)."""
   weights = None
   if beta > 0:
-    weights = negatives.hcl(z1, z2, beta=beta, temperature=temperature, axis_name=axis_name)
+    weights = on_views(weights.hcl)(z1, z2, beta=beta, temperature=temperature, axis_name=axis_name)
   return infonce(z1, z2, temperature=temperature, weights=weights, tau_plus=tau_plus,
                  decoupled=decoupled, axis_name=axis_name)
 
@@ -147,7 +148,7 @@ def test_infonce_switch_dispatches_and_rejects_what_tiling_cannot_do():
   want, want_grads = value_and_grads(lambda a, c: infonce(a, c, **kw), z1, z2)
   np.testing.assert_allclose(value, want, rtol=RTOL)
   assert_grads_close(grads, want_grads)
-  w = negatives.uniform(z1, z2)
+  w = on_views(weights.uniform)(z1, z2)
   with pytest.raises(ValueError, match="weights"):
     infonce(z1, z2, weights=w, implementation="tiled")
   with pytest.raises(ValueError, match="queue"):
