@@ -115,6 +115,15 @@ class Pairs:
     return total / self.num_global_rows
 
 
+def _varies_over(x: jax.Array, axis_name: str) -> bool:
+  """Whether `x` is typed as varying over `axis_name` (shard_map's manual-axis types)."""
+  aval = jax.typeof(x)
+  varying = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
+  if varying is None:  # the attribute's name before JAX 0.9
+    varying = getattr(aval, "vma", frozenset())
+  return axis_name in varying
+
+
 def build(z1: jax.Array, z2: jax.Array, *, axis_name: Optional[str] = None,
           normalize: bool = True) -> Pairs:
   """The local-rows × global-columns geometry of views `z1, z2` (`[b, D]` each).
@@ -136,7 +145,7 @@ def build(z1: jax.Array, z2: jax.Array, *, axis_name: Optional[str] = None,
   else:
     # Device-invariant under shard_map's type system (where `rows` varies over the axis);
     # a named vmap, or shard_map with check_vma=False, has no such types.
-    to = "invarying" if axis_name in getattr(jax.typeof(rows), "vma", ()) else "varying"
+    to = "invarying" if _varies_over(rows, axis_name) else "varying"
     gathered = jax.lax.all_gather(rows, axis_name, axis=0, to=to)  # [n, 2b, D]
     n_devices = gathered.shape[0]
     cols = gathered.reshape(n_devices, 2, b, dim).swapaxes(0, 1).reshape(2 * b * n_devices, dim)

@@ -164,15 +164,18 @@ def test_alpha_cl_direct_value_matches_oracle():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
-def test_surrogate_stops_gradient_into_alpha():
+def test_surrogate_differentiates_alpha_as_given():
+  """No hidden stop-gradient: d surrogate / d α_ij = (d²_i - d²_ij) / 2B on the negatives."""
   z1, z2 = views(6)
   alpha = on_views(weights.hcl)(z1, z2, temperature=0.5)
   g = jax.grad(lambda a: alpha_cl.alpha_surrogate(z1, z2, a))(alpha)
-  assert np.all(np.asarray(g) == 0.0)
+  d2, d2_pos = oracle_distances(z1, z2)
+  want = np.where(negative_mask(), d2_pos[:, None] - d2, 0.0) / (2 * B)
+  np.testing.assert_allclose(np.asarray(g), want, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("t", TEMPERATURES)
-def test_entropy_and_inverse_power_match_oracle(t):
+def test_entropy_player_hcl_beta_1_and_inverse_power_match_oracle(t):
   z1, z2 = views(7)
   d2, _ = oracle_distances(z1, z2)
   mask = negative_mask()

@@ -98,15 +98,15 @@ PROBE = jnp.asarray(np.random.default_rng(0).normal(size=(2 * B, 2 * B)), jnp.fl
 @functools.lru_cache(maxsize=None)
 def ot_functions(marginals: str, gradient: str, cost: str, num_iterations: int = 10):
   """Jitted (weights, HCL-OT loss and its gradient, probe gradient through the weights)."""
-  weights = functools.partial(on_views(weights.ot), marginals=marginals, gradient=gradient, cost=cost,
-                              num_iterations=num_iterations)
+  weigh = functools.partial(on_views(weights.ot), marginals=marginals, gradient=gradient,
+                            cost=cost, num_iterations=num_iterations)
 
   def hcl_ot_loss(z1, z2, epsilon):
-    w = jax.lax.stop_gradient(weights(z1, z2, epsilon=epsilon))
+    w = jax.lax.stop_gradient(weigh(z1, z2, epsilon=epsilon))
     return infonce(z1, z2, temperature=0.5, tau_plus=0.1, weights=w)
 
-  probe_loss = lambda z1, z2, epsilon: jnp.sum(weights(z1, z2, epsilon=epsilon) * PROBE)  # noqa
-  return (jax.jit(lambda z1, z2, epsilon: weights(z1, z2, epsilon=epsilon)),
+  probe_loss = lambda z1, z2, epsilon: jnp.sum(weigh(z1, z2, epsilon=epsilon) * PROBE)  # noqa
+  return (jax.jit(lambda z1, z2, epsilon: weigh(z1, z2, epsilon=epsilon)),
           jax.jit(jax.value_and_grad(hcl_ot_loss, argnums=(0, 1))),
           jax.jit(jax.grad(probe_loss, argnums=(0, 1))) if gradient != "stop" else None)
 
@@ -138,12 +138,12 @@ def test_implicit_ot_gradient_with_a_duplicate_embedding(epsilon):
 
 @functools.lru_cache(maxsize=None)
 def quadratic_functions():
-  weights = lambda z1, z2, gamma: on_views(weights.quadratic_ot)(z1, z2, gamma=gamma,  # noqa: E731
-                                                         num_iterations=20)
+  weigh = lambda z1, z2, gamma: on_views(weights.quadratic_ot)(  # noqa: E731
+      z1, z2, gamma=gamma, num_iterations=20)
 
   def loss(z1, z2, gamma):
-    return infonce(z1, z2, temperature=0.5, weights=weights(z1, z2, gamma))
-  return jax.jit(weights), jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    return infonce(z1, z2, temperature=0.5, weights=weigh(z1, z2, gamma))
+  return jax.jit(weigh), jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
 
 @SETTINGS

@@ -6,7 +6,7 @@ against float64 oracles. Here, under `jax.shard_map` over 8 virtual CPU devices,
 device holds 1/8 of the batch, scores its local rows against all-gathered columns and
 differentiates the global mean; values and gradients must agree to 1e-5 relative. The
 cases are compiled in a few groups (one program each); the OT catalogue, every loss of
-`train.LOSSES` as the training loop builds it, the MLP and the data × model mesh are slow
+`objectives.PRESETS` as the training loop builds it, the MLP and the data × model mesh are slow
 tests (`pytest -m slow`).
 """
 from __future__ import annotations
@@ -85,9 +85,9 @@ def weighted(weight_fn, **infonce_kwargs):
 
 
 def surrogate(alpha_fn):
-  """The α-CL surrogate with the importances of `alpha_fn(z1, z2, axis_name)`, as aux."""
+  """The α-CL surrogate with the constant importances of `alpha_fn(z1, z2, axis_name)`, as aux."""
   def loss(z1, z2, axis_name):
-    alpha = alpha_fn(z1, z2, axis_name)
+    alpha = jax.lax.stop_gradient(alpha_fn(z1, z2, axis_name))
     return alpha_cl.alpha_surrogate(z1, z2, alpha, axis_name=axis_name), alpha
   return pair_case(loss, aux="stacked")
 
@@ -156,7 +156,7 @@ def ot(**kwargs):
 
 
 CASES = {
-    # InfoNCE family (SPEC §1)
+    # InfoNCE family
     "ntxent": pair_case(lambda z1, z2, ax: ntxent(z1, z2, temperature=0.5, axis_name=ax)),
     "debiased": pair_case(lambda z1, z2, ax: infonce(z1, z2, temperature=0.5,
                                                              tau_plus=0.1, axis_name=ax)),
@@ -180,7 +180,7 @@ CASES = {
                                  num_iterations=20)),
     "ot_quadratic": weighted(lambda z1, z2, ax: on_views(weights.quadratic_ot)(
         z1, z2, gamma=0.5, num_iterations=20, axis_name=ax)),
-    # α-CL (SPEC §6)
+    # α-CL
     "phi_psi_infonce": pair_case(lambda z1, z2, ax: alpha_cl.phi_psi_loss(
         z1, z2, alpha_cl.infonce_family(0.5), axis_name=ax)),
     "phi_psi_triplet": pair_case(lambda z1, z2, ax: alpha_cl.phi_psi_loss(
@@ -197,7 +197,7 @@ CASES = {
         z1, z2, power=2.0, axis_name=ax)),
     "alpha_cl_direct": pair_case(lambda z1, z2, ax: alpha_cl.alpha_cl_direct(
         z1, z2, p=4.0, eps_alpha=0.1, axis_name=ax)),
-    # Barlow Twins (SPEC §3)
+    # Barlow Twins
     "barlow_twins": barlow_case(),
     # CURL (SPEC §2)
     "curl_logistic": curl_case("logistic"),
@@ -210,15 +210,14 @@ CASES = {
 
 
 def train_loss_case(name: str) -> Case:
-  """The loss `train.make_loss` builds for `--loss name` with the default hyper-parameters."""
-  config = train.default_config()
-  config.loss = name
-  loss = train.make_loss(config)
+  """The loss `objectives.make` builds for preset `name` with the default hyper-parameters."""
+  config = objectives.apply_preset(train.default_config(), name)
+  loss = objectives.make(config)
   return pair_case(lambda z1, z2, ax: loss(z1, z2, axis_name=ax))
 
 
-# Every loss the training loop offers, as it builds them (new entries are covered by name).
-CASES.update({f"train:{name}": train_loss_case(name) for name in train.LOSSES})
+# Every preset the training loop offers, as it builds them (new entries are covered by name).
+CASES.update({f"train:{name}": train_loss_case(name) for name in objectives.PRESETS})
 
 # Cases compiled together: one program per group (sharded, and single-device) keeps the
 # compile time down. test_ot.py checks the default OT weighting under shard_map on every run;
@@ -234,7 +233,7 @@ GROUPS = {
     "barlow_curl": ("barlow_twins", "curl_logistic", "curl_hinge", "curl_block",
                     "mean_classifier", "multiway_logistic", "multiway_hinge"),
 }
-GROUPS["train"] = tuple(f"train:{name}" for name in train.LOSSES)
+GROUPS["train"] = tuple(f"train:{name}" for name in objectives.PRESETS)
 SLOW_GROUPS = ("ot", "train")
 
 

@@ -17,7 +17,8 @@ RTOL = 1e-5
 
 
 def oracle(z1, z2, *, temperature, tau_plus=0.0, beta=0.0, decoupled=False):
-  """SPEC §1 in float64 NumPy, written from the formula: pos, weighted neg, clamp, mean."""
+  """Weighted InfoNCE in float64 NumPy, written from the formula: pos, weighted neg, clamp,
+  mean."""
   z = np.concatenate([z1, z2]).astype(np.float64)
   z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
   m = z.shape[0]
@@ -40,11 +41,11 @@ def oracle(z1, z2, *, temperature, tau_plus=0.0, beta=0.0, decoupled=False):
 
 
 def dense(z1, z2, *, temperature, tau_plus=0.0, beta=0.0, decoupled=False, axis_name=None):
-  """The dense loss with the same variant; HCL weights built by `on_views(weights.hcl)` (no stop-grad)."""
-  weights = None
+  """The dense loss with the same variant; HCL weights by `weights.hcl` (no stop-gradient)."""
+  w = None
   if beta > 0:
-    weights = on_views(weights.hcl)(z1, z2, beta=beta, temperature=temperature, axis_name=axis_name)
-  return infonce(z1, z2, temperature=temperature, weights=weights, tau_plus=tau_plus,
+    w = on_views(weights.hcl)(z1, z2, beta=beta, temperature=temperature, axis_name=axis_name)
+  return infonce(z1, z2, temperature=temperature, weights=w, tau_plus=tau_plus,
                  decoupled=decoupled, axis_name=axis_name)
 
 
