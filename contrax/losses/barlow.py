@@ -58,10 +58,10 @@ def standardize(z: jax.Array, *, eps: float = 0.0, axis_name: Optional[str] = No
   _checks.rank("z", z, 2)
   eps = _checks.non_negative("eps", eps)
   n = _global_batch(z.shape[0], axis_name)
-  extremes = jnp.stack([jnp.max(z, axis=0), -jnp.min(z, axis=0)])
+  extremes = jax.lax.stop_gradient(jnp.stack([jnp.max(z, axis=0), -jnp.min(z, axis=0)]))
   if axis_name is not None:
     extremes = jax.lax.pmax(extremes, axis_name)
-  midrange = jax.lax.stop_gradient(extremes[0] / 2 - extremes[1] / 2)
+  midrange = extremes[0] / 2 - extremes[1] / 2
   shifted = z - midrange
   centred = shifted - _batch_sum(shifted, axis_name) / n
   scale = jax.lax.stop_gradient(jnp.max(jnp.abs(centred), axis=0))
