@@ -22,7 +22,8 @@ balanced, tau -> 0 drops the constraint).
 
 Quadratically regularised OT (Blondel, Seguy, Rolet 2018, arXiv 1710.06276; ott-jax lacks it):
 
-    min_{pi in Pi(a, b)} <C, pi> + (gamma/2) ||pi||_F^2,   pi_ij = [alpha_i + beta_j - C_ij]_+ / gamma,
+    min_{pi in Pi(a, b)} <C, pi> + (gamma/2) ||pi||_F^2,
+    pi_ij = [alpha_i + beta_j - C_ij]_+ / gamma,
 
 from the smooth concave dual, solved with optax's L-BFGS: its couplings are sparse, so easy
 negatives get exactly zero weight.
@@ -45,7 +46,6 @@ from typing import NamedTuple, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import lineax as lx
-import numpy as np
 import optax
 from ott.geometry import geometry
 from ott.problems.linear import linear_problem

@@ -27,7 +27,8 @@ def check_weights(weights, shape, negative_mask) -> None:
   if np.any(np.abs(sums - 1.0) > 1e-3):
     worst = int(np.argmax(np.abs(sums - 1.0)))
     raise ValueError("weights must be row-stochastic over each anchor's negatives (rows sum to "
-                     f"1, self and positive columns excluded); row {worst} sums to {sums[worst]:.6g}")
+                     "1, self and positive columns excluded); "
+                     f"row {worst} sums to {sums[worst]:.6g}")
 
 
 def debiased_log_negatives(log_neg: jax.Array, log_pos: jax.Array, tau_plus: float,

@@ -50,8 +50,9 @@ def standardize(z: jax.Array, *, eps: float = 0.0, axis_name: Optional[str] = No
   pmax over `axis_name`; the result does not depend on the shift): a constant column becomes
   exactly 0 (a float mean of a constant column is not exact, and its rounding residual would
   be rescaled to ±1 below), the differences of a nearly constant column are exact, and
-  `|z - m| <= max |z|` cannot overflow. Each centred column c is first divided by the constant `s = max_rows |c|` (a pmax over
-  `axis_name`; clipped to the normal float range): `c / sqrt(mean c² + eps) = c' / sqrt(mean c'² + eps / s²)` with `c' = c / s`,
+  `|z - m| <= max |z|` cannot overflow. Each centred column c is then divided by the constant
+  `s = max_rows |c|` (a pmax over `axis_name`; clipped to the normal float range):
+  `c / sqrt(mean c² + eps) = c' / sqrt(mean c'² + eps / s²)` with `c' = c / s`,
   so a nearly constant or a huge column neither under- nor overflows, and the gradient stays
   finite for every finite input.
   """

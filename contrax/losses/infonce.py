@@ -215,8 +215,8 @@ def infonce(z1: jax.Array, z2: jax.Array, *, temperature=0.5,
     return tiled.tiled_infonce(z1, z2, temperature=temperature, tau_plus=tau_plus,
                                decoupled=decoupled, axis_name=axis_name, **extra)
   if tile_size is not None:
-    raise ValueError(f"tile_size applies to implementation='tiled' only, got tile_size={tile_size!r}"
-                     " with implementation='dense'")
+    raise ValueError("tile_size applies to implementation='tiled' only, got "
+                     f"tile_size={tile_size!r} with implementation='dense'")
   pairs = pairs_lib.build(z1, z2, axis_name=axis_name)
   return infonce_pairs(pairs, temperature=temperature, weights=weights, tau_plus=tau_plus,
                        decoupled=decoupled, queue=queue)

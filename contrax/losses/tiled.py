@@ -1,4 +1,5 @@
-"""Memory-efficient exact InfoNCE (`contrax.losses.infonce`'s formula): tiles on one device, a ring across devices.
+"""Memory-efficient exact InfoNCE (`contrax.losses.infonce`'s formula): tiles on one device, a
+ring across devices.
 
 The dense loss builds the `[2b, 2B]` similarity slab; at 2B = 262,144 embeddings that is
 256 GiB in float32. Here the same loss is computed block by block, never holding more than
@@ -7,7 +8,8 @@ arXiv 2410.17243):
 
 * Every quantity the InfoNCE family needs from the slab is a masked log-sum-exp over each
   anchor's negatives, `L_k(i) = log sum_{j neg of i} exp(c_k s_ij)` for one or two
-  scales `c_k` (1/t; or (1+beta)/t and beta/t). It is accumulated with an online (streaming) log-sum-exp over column tiles:
+  scales `c_k` (1/t; or (1+beta)/t and beta/t). It is accumulated with an online (streaming)
+  log-sum-exp over column tiles:
   a running maximum `m` and a running sum `S` rescaled as `S <- S e^{m - m'} + sum e^{x - m'}`.
 * The backward pass is a `jax.custom_vjp` that recomputes each tile instead of storing it:
   with cotangents `g_k(i)` of `L_k(i)` and `p_k(i, j) = exp(c_k s_ij - L_k(i))`,
