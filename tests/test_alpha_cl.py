@@ -1,4 +1,4 @@
-"""α-CL (contrax.losses.alpha_cl) against float64 NumPy oracles written from SPEC §6, and the
+"""α-CL (contrax.losses.alpha_cl) against float64 NumPy oracles written from Tian 2022, and the
 identities (a), (b), (f)."""
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def oracle_distances(z1, z2):
   return d2, d2_pos
 
 
-# (φ, ψ, φ', ψ') of SPEC §6, float64.
+# (φ, ψ, φ', ψ') (Tian 2022), float64.
 def oracle_family(name, t=0.5, eps=1.0, margin=0.5):
   if name == "infonce":
     return (lambda x: t * np.log(eps + x), lambda x: np.exp(x / t),
@@ -184,7 +184,8 @@ def test_entropy_player_hcl_beta_1_and_inverse_power_match_oracle(t):
                              e / e.sum(1, keepdims=True), rtol=2e-5, atol=1e-7)
   k, offset = 2.0, t  # reuse t as the offset t'
   w = np.where(mask, (d2 + offset) ** (-k), 0.0)
-  np.testing.assert_allclose(np.asarray(on_views(weights.inverse_power)(z1, z2, power=k, offset=offset)),
+  inverse_power = on_views(weights.inverse_power)
+  np.testing.assert_allclose(np.asarray(inverse_power(z1, z2, power=k, offset=offset)),
                              w / w.sum(1, keepdims=True), rtol=2e-5, atol=1e-7)
 
 

@@ -1,4 +1,4 @@
-"""α-CL studies (SPEC §6): contrastive covariance against a float64 oracle, the energy identity
+"""α-CL studies (Tian 2022): contrastive covariance against a float64 oracle, the energy identity
 E_α(W) = ½ tr(W C_α Wᵀ), the α-CL objective presets, and experiments/alpha_cl.py at a
 tiny size."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ import alpha_cl as study  # noqa: E402
 
 
 def _oracle_cov(x1, x2, alpha):
-  """C_α written from SPEC §6 with explicit loops, float64."""
+  """C_α written from Tian 2022 with explicit loops, float64."""
   x = np.concatenate([x1, x2]).astype(np.float64)
   n, b = x.shape[0], x1.shape[0]
   cov = np.zeros((x.shape[1], x.shape[1]))

@@ -80,7 +80,8 @@ def test_weightings_are_finite(z, t, beta, p, eps_alpha):
       z1, z2, check_rows=eps_alpha == 0)
   assert_finite_weights(lambda a, b: on_views(weights.hcl)(a, b, temperature=t), z1, z2)
   assert_finite_weights(lambda a, b: on_views(weights.sparsemax)(a, b, temperature=t), z1, z2)
-  assert_finite_weights(lambda a, b: on_views(weights.inverse_power)(a, b, power=p, offset=t), z1, z2)
+  assert_finite_weights(lambda a, b: on_views(weights.inverse_power)(a, b, power=p, offset=t),
+                        z1, z2)
   assert_finite_weights(lambda a, b: alpha_cl.infonce_alpha(a, b, temperature=t, eps=eps_alpha),
                         z1, z2, check_rows=False)
 

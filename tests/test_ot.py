@@ -1,8 +1,8 @@
-"""Tests for contrax.ot and the OT weightings of contrax.negatives (SPEC §4).
+"""Tests for contrax.ot and the OT weightings of contrax.weights (Jiang, Ishwar, Aeron 2023).
 
 References are independent of the code under test: a float64 log-domain Sinkhorn–Knopp
 written here from the formula, POT (`ot.sinkhorn`, `ot.smooth.smooth_ot_dual`), HCL's closed
-form (`on_views(weights.hcl)`), central finite differences of the float64 oracle, and KKT conditions.
+form (`weights.hcl`), central finite differences of the float64 oracle, and KKT conditions.
 """
 from __future__ import annotations
 
@@ -236,7 +236,8 @@ def test_semi_relaxed_gradient_equals_hcl_gradient():
   probe = jnp.asarray(np.random.RandomState(9).randn(8, 8), jnp.float32)
   got = jax.jit(jax.grad(functools.partial(weighted_sum, gradient="implicit", probe=probe,
                                            marginals="semi_relaxed")))(z1, z2)
-  hcl_sum = lambda a, b: jnp.sum(probe * on_views(weights.hcl)(a, b, beta=2 * 0.5 / 0.5, temperature=0.5))
+  hcl_sum = lambda a, b: jnp.sum(probe * on_views(weights.hcl)(a, b, beta=2 * 0.5 / 0.5,
+                                                             temperature=0.5))
   np.testing.assert_allclose(np.asarray(got), np.asarray(jax.jit(jax.grad(hcl_sum))(z1, z2)),
                              atol=1e-5)
 

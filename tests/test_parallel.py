@@ -199,7 +199,7 @@ CASES = {
         z1, z2, p=4.0, eps_alpha=0.1, axis_name=ax)),
     # Barlow Twins
     "barlow_twins": barlow_case(),
-    # CURL (SPEC §2)
+    # CURL
     "curl_logistic": curl_case("logistic"),
     "curl_hinge": curl_case("hinge"),
     "curl_block": curl_case("logistic", block=True),

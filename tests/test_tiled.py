@@ -1,4 +1,4 @@
-"""Tiled and ring InfoNCE (contrax.losses.tiled): exact against a float64 oracle of SPEC §1
+"""Tiled and ring InfoNCE (contrax.losses.tiled): exact against a float64 oracle of the loss
 and against the dense loss (value and gradients), on one device and on a ring of 8."""
 import math
 

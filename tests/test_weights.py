@@ -127,7 +127,8 @@ def test_weights_sharded_equal_single_device():
   b = B // n_dev
   split = lambda z: z.reshape(n_dev, b, D)
   for fn in (lambda a, c, ax: on_views(weights.hcl)(a, c, beta=1.0, temperature=0.5, axis_name=ax),
-             lambda a, c, ax: on_views(weights.alpha_direct)(a, c, p=4.0, temperature=0.5, axis_name=ax)):
+             lambda a, c, ax: on_views(weights.alpha_direct)(a, c, p=4.0, temperature=0.5,
+                                                             axis_name=ax)):
     full = np.asarray(fn(z1, z2, None))
     shards = np.asarray(jax.vmap(lambda a, c: fn(a, c, "data"), axis_name="data")(
         split(z1), split(z2)))
