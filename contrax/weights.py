@@ -75,7 +75,8 @@ def alpha_direct(pairs: Pairs, *, p: float = 4.0, eps_alpha: float = 0.0,
   `eps_alpha = 0` and to less than 1 otherwise. p = 4, ε_α = 0 is the paper's recommended
   setting; p = 2, ε_α = 0 is `hcl(beta=1)` (module docstring). The paper (and its official
   code) computes α from detached embeddings, as the min player's closed form, a constant for
-  the encoder: apply `jax.lax.stop_gradient` to the result for that.
+  the encoder: apply `jax.lax.stop_gradient` to the result for that. The gradient at a
+  coinciding pair (d²_ij = 0, where `(d²)^{p/2}` has an infinite slope for p < 2) is taken as 0.
 
   Args:
     p: exponent > 0 applied to the distance `‖z_i - z_j‖/√2`.
@@ -86,8 +87,11 @@ def alpha_direct(pairs: Pairs, *, p: float = 4.0, eps_alpha: float = 0.0,
   eps_alpha = _checks.non_negative("eps_alpha", eps_alpha)
   t = _checks.check_temperature(temperature)
   _check_negatives(pairs, "alpha_direct")
-  d2 = jnp.maximum(1.0 - pairs.sims, 0.0)
-  scores = jnp.where(pairs.negative_mask, -jnp.power(d2, p / 2) / t, NEG_INF)
+  d2 = 1.0 - pairs.sims
+  # (d²)^{p/2} with a zero (not infinite, for p < 2) derivative where d² <= 0.
+  apart = d2 > 0
+  distance = jnp.where(apart, jnp.power(jnp.where(apart, d2, 1.0), p / 2), 0.0)
+  scores = jnp.where(pairs.negative_mask, -distance / t, NEG_INF)
   log_norm = jax.nn.logsumexp(scores, axis=1, keepdims=True)
   if eps_alpha > 0:
     log_norm = jnp.logaddexp(log_norm, math.log(eps_alpha * pairs.num_negatives))

@@ -78,7 +78,6 @@ def test_weightings_are_finite(z, t, beta, p, eps_alpha):
   assert_finite_weights(
       lambda a, b: on_views(weights.alpha_direct)(a, b, p=p, eps_alpha=eps_alpha, temperature=t),
       z1, z2, check_rows=eps_alpha == 0)
-  assert_finite_weights(lambda a, b: on_views(weights.hcl)(a, b, temperature=t), z1, z2)
   assert_finite_weights(lambda a, b: on_views(weights.sparsemax)(a, b, temperature=t), z1, z2)
   assert_finite_weights(lambda a, b: on_views(weights.inverse_power)(a, b, power=p, offset=t),
                         z1, z2)
