@@ -61,6 +61,16 @@ def test_ot_options_from_the_config_reach_the_weighting(monkeypatch):
                   "cost": "exp", "num_iterations": 7}
 
 
+def test_every_knob_is_a_command_line_flag():
+  from contrax import config as config_lib
+  config, _ = config_lib.parse(objectives.default_config(), [
+      "--weighting.name", "ot", "--weighting.ot.epsilon", "0.3", "--weighting.ot.marginals",
+      "unbalanced", "--weighting.ot.gradient", "unroll", "--loss.tau_plus", "0.1"])
+  assert config.weighting.ot.epsilon == 0.3 and config.weighting.ot.marginals == "unbalanced"
+  assert config.weighting.ot.gradient == "unroll" and config.loss.tau_plus == 0.1
+  objectives.make(config)
+
+
 def test_presets_and_describe():
   assert set(objectives.PRESETS) == {
       "ntxent", "debiased", "decoupled", "hcl", "hcl_detached", "hcl_ot", "quadratic_ot",
