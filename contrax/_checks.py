@@ -2,44 +2,81 @@
 
 Every public function validates its inputs before tracing, and a bad input raises a
 `ValueError` (or `TypeError`) that names the argument, the value and what is allowed.
+
+Real hyper-parameters (`positive`, `non_negative`, `in_range`) may be Python numbers,
+0-d arrays or tracers: a concrete value is checked and returned as a Python float; a traced
+one (a learnable temperature under `grad`, a value passed into a jitted step) cannot be
+inspected and is returned unchanged.
 """
 from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+import jax
 import numpy as np
 
 
-def positive(name: str, value: float) -> float:
-  """`value > 0` and finite, else ValueError."""
-  if isinstance(value, (bool, np.bool_)) or not np.isscalar(value):
+def _real(name: str, value):
+  """`(float(value), False)` for a concrete real scalar, `(value, True)` for a tracer."""
+  if isinstance(value, jax.core.Tracer):
+    if np.ndim(value) != 0:
+      raise TypeError(f"{name} must be a scalar, got a traced array of shape {np.shape(value)}")
+    return value, True
+  if isinstance(value, (bool, np.bool_)) or np.ndim(value) != 0:
     raise TypeError(f"{name} must be a real number, got {value!r}")
-  if not np.isfinite(value) or value <= 0:
+  try:
+    array = np.asarray(value)
+  except TypeError as e:
+    raise TypeError(f"{name} must be a real number, got {value!r}") from e
+  if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+    raise TypeError(f"{name} must be a real number, got {value!r}")
+  return float(array), False
+
+
+def positive(name: str, value: float) -> float:
+  """`value > 0` and finite, else ValueError (a traced value passes unchecked)."""
+  number, traced = _real(name, value)
+  if traced:
+    return number
+  if not np.isfinite(number) or number <= 0:
     raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-  return float(value)
+  return number
 
 
 def non_negative(name: str, value: float) -> float:
-  """`value >= 0` and finite, else ValueError."""
-  if isinstance(value, (bool, np.bool_)) or not np.isscalar(value):
-    raise TypeError(f"{name} must be a real number, got {value!r}")
-  if not np.isfinite(value) or value < 0:
+  """`value >= 0` and finite, else ValueError (a traced value passes unchecked)."""
+  number, traced = _real(name, value)
+  if traced:
+    return number
+  if not np.isfinite(number) or number < 0:
     raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-  return float(value)
+  return number
 
 
 def in_range(name: str, value: float, low: float, high: float, *,
              include_low: bool = True, include_high: bool = False) -> float:
-  """`value` in the interval [low, high) (brackets set by the flags), else ValueError."""
-  if isinstance(value, (bool, np.bool_)) or not np.isscalar(value):
-    raise TypeError(f"{name} must be a real number, got {value!r}")
+  """`value` in the interval [low, high) (brackets set by the flags), else ValueError (a
+  traced value passes unchecked)."""
+  value, traced = _real(name, value)
+  if traced:
+    return value
   ok_low = value >= low if include_low else value > low
   ok_high = value <= high if include_high else value < high
   if not (np.isfinite(value) and ok_low and ok_high):
     lb = "[" if include_low else "("
     hb = "]" if include_high else ")"
     raise ValueError(f"{name} must lie in {lb}{low}, {high}{hb}, got {value!r}")
-  return float(value)
+  return value
+
+
+def check_temperature(temperature: float) -> float:
+  """A temperature t > 0: a number, a 0-d array, or a tracer (learnable or jitted)."""
+  return positive("temperature", temperature)
+
+
+def check_tau_plus(tau_plus: float) -> float:
+  """The debiasing class prior τ⁺ in [0, 1) (Chuang et al. 2020)."""
+  return in_range("tau_plus", tau_plus, 0.0, 1.0)
 
 
 def positive_int(name: str, value: int) -> int:

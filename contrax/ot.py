@@ -1,10 +1,12 @@
-"""Regularised optimal transport couplings as hard-negative distributions (SPEC §4, [P002]).
+"""Regularised optimal transport couplings as hard-negative distributions (Jiang, Ishwar,
+Aeron 2023, arXiv 2111.03169).
 
 Pipeline, one function per step (as ott-jax separates geometry, problem and solver):
 
-    views z1, z2 -> stacked 2B x 2B cost with self/positive pairs excluded  (`batch_cost`)
-                 -> coupling pi (entropic via ott-jax Sinkhorn, or quadratic)
-                 -> row-stochastic negative weights w = pi / rowsum(pi) = 2B pi  (`negative_weights`)
+    Pairs (contrax.pairs) -> global 2B x 2B cost with self/positive pairs excluded (`batch_problem`)
+                          -> coupling pi (entropic via ott-jax Sinkhorn, or quadratic)
+                          -> row-stochastic negative weights w = pi / rowsum(pi) = 2B pi
+    (`batch_coupling`, `quadratic_batch_coupling`: a `Coupling` of matrix, weights, diagnostics)
 
 Entropic OT (Cuturi 2013) with an explicit *absolute* epsilon:
 
@@ -20,7 +22,8 @@ balanced, tau -> 0 drops the constraint).
 
 Quadratically regularised OT (Blondel, Seguy, Rolet 2018, arXiv 1710.06276; ott-jax lacks it):
 
-    min_{pi in Pi(a, b)} <C, pi> + (gamma/2) ||pi||_F^2,   pi_ij = [alpha_i + beta_j - C_ij]_+ / gamma,
+    min_{pi in Pi(a, b)} <C, pi> + (gamma/2) ||pi||_F^2,
+    pi_ij = [alpha_i + beta_j - C_ij]_+ / gamma,
 
 from the smooth concave dual, solved with optax's L-BFGS: its couplings are sparse, so easy
 negatives get exactly zero weight.
@@ -29,10 +32,11 @@ Excluded pairs (self, positive) get a large *finite* cost (never `inf`, which tu
 arithmetic into NaN), large enough that no optimal coupling uses them (`exclude_pairs`), and
 their coupling entries are then set to exactly zero. The weights are the row-normalised
 coupling computed in log space, `w_ij = softmax_j((g_j - C_ij)/eps)` over each row's
-negatives (`f_i` cancels), so every row sums to 1 even where a row of `pi` underflows. With
-`axis_name` (under `shard_map`), the embeddings are all-gathered, every device solves the
-global 2B x 2B problem redundantly (Sinkhorn needs whole rows and columns) and keeps its own
-rows, so the weights equal the single-device ones on the concatenated batch.
+negatives (`f_i` cancels), so every row sums to 1 even where a row of `pi` underflows. Under
+`shard_map`, the problem is built from the `Pairs`' already gathered (device-invariant)
+columns: every device solves the global 2B x 2B problem redundantly (Sinkhorn needs whole
+rows and columns) and keeps its own rows by a static-shape slice at its device offset, with
+no collective of its own; the weights equal the single-device ones on the concatenated batch.
 """
 from __future__ import annotations
 
@@ -42,14 +46,13 @@ from typing import NamedTuple, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import lineax as lx
-import numpy as np
 import optax
 from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import implicit_differentiation, sinkhorn
 
 from contrax import _checks
-from contrax.losses import _layout
+from contrax import pairs as pairs_lib
 
 MARGINALS = ("balanced", "semi_relaxed", "unbalanced")
 COSTS = ("sqeuclidean", "exp")
@@ -118,56 +121,43 @@ def exclude_pairs(cost: jax.Array, keep_mask: jax.Array, epsilon: float) -> jax.
 
 
 class BatchProblem(NamedTuple):
-  """The global in-batch transport problem seen from one device.
+  """The global in-batch transport problem (identical on every device).
 
-  cost: `[2B, 2B]` ground cost on the global stacked embeddings (excluded pairs not yet set).
+  cost: `[2B, 2B]` ground cost between the global stacked embeddings (excluded pairs not yet
+    set).
   negative_mask: `[2B, 2B]` True on each row's negatives.
-  row_index: `[2b]` global indices of this device's stacked rows.
   """
   cost: jax.Array
   negative_mask: jax.Array
-  row_index: jax.Array
 
 
-def gather_invariant(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
-  """All-gather `x` over `axis_name` along axis 0 as a device-*invariant* array.
+class Coupling(NamedTuple):
+  """An in-batch coupling seen from one device (a pytree).
 
-  `jax.lax.all_gather` types its result as varying over the axis, which ott-jax's solver
-  (a `lax.cond` with an invariant branch) rejects under `shard_map`'s default `check_vma`;
-  a psum of zero-padded blocks gives the same array, typed invariant, with the same gradient.
+  matrix: `[2b, 2B]` this device's rows of the coupling pi (zero on self and positive).
+  weights: `[2b, 2B]` the row-normalised coupling `pi_ij / sum_k pi_ik`, the negative weights.
+  diagnostics: `Diagnostics` of the global solve.
   """
-  if axis_name is None:
-    return x
-  size = jax.lax.axis_size(axis_name)
-  offset = _layout.device_offset(x.shape[0], axis_name)
-  padded = jnp.zeros((size * x.shape[0],) + x.shape[1:], x.dtype)
-  return jax.lax.psum(jax.lax.dynamic_update_slice_in_dim(padded, x, offset, axis=0), axis_name)
+  matrix: jax.Array
+  weights: jax.Array
+  diagnostics: Diagnostics
 
 
-def batch_cost(z1: jax.Array, z2: jax.Array, *, cost: str = "sqeuclidean", kappa: float = 1.0,
-               axis_name: Optional[str] = None) -> BatchProblem:
-  """The in-batch cost of SPEC §4 on the L2-normalised stacked views, over the global batch."""
+def batch_problem(pairs: pairs_lib.Pairs, *, cost: str = "sqeuclidean",
+                  kappa: float = 1.0) -> BatchProblem:
+  """The global in-batch cost `C_ij = cost(z_i, z_j)` over the stacked columns of `pairs`
+  (`pairwise_cost` of `pairs.cols` with itself) and the global negative mask."""
   _checks.choice("cost", cost, COSTS)
   kappa = _checks.in_range("kappa", kappa, -math.inf, math.inf)
-  _layout.check_views(z1, z2)
-  b = z1.shape[0]
-  g1 = gather_invariant(_layout.l2_normalize(z1), axis_name)
-  g2 = gather_invariant(_layout.l2_normalize(z2), axis_name)
-  full = _layout.stacked_pairs(g1, g2, normalize=False)
-  if full.num_negatives < 1:
+  n = pairs.num_global_rows
+  if n - 2 < 1:
     raise ValueError("optimal-transport negatives need a global batch of at least 2 images, got "
-                     f"z1 of shape {np.shape(z1)} with axis_name={axis_name!r}")
-  local = jnp.arange(b) + _layout.device_offset(b, axis_name)
-  row_index = jnp.concatenate([local, local + g1.shape[0]])
-  return BatchProblem(pairwise_cost(full.rows, full.cols, cost=cost, kappa=kappa),
-                      full.negative_mask, row_index)
-
-
-def _positive_or_traced(name: str, value):
-  """Eager check of a concrete hyper-parameter; a traced one (swept under jit) passes."""
-  if isinstance(value, jax.core.Tracer):
-    return value
-  return _checks.positive(name, value)
+                     f"{n // 2} (axis_name={pairs.axis_name!r})")
+  index = jnp.arange(n)
+  negative_mask = ((index[:, None] != index[None, :])
+                   & (index[None, :] != (index[:, None] + n // 2) % n))
+  return BatchProblem(pairwise_cost(pairs.cols, pairs.cols, cost=cost, kappa=kappa),
+                      negative_mask)
 
 
 def _marginal_errors(pi, a, b):
@@ -175,7 +165,7 @@ def _marginal_errors(pi, a, b):
 
 
 def _check_common(epsilon, num_iterations, marginals, gradient, threshold):
-  _positive_or_traced("epsilon", epsilon)
+  _checks.positive("epsilon", epsilon)
   _checks.positive_int("num_iterations", num_iterations)
   _checks.choice("marginals", marginals, MARGINALS)
   _checks.choice("gradient", gradient, GRADIENTS)
@@ -228,7 +218,7 @@ def row_normalised_weights(cost: jax.Array, g: jax.Array, epsilon,
 
 
 def _entropic_solve(cost, a, b, *, epsilon, marginals, tau, num_iterations, gradient, threshold,
-                    keep_mask, lse_mode) -> Tuple[jax.Array, jax.Array, Diagnostics]:
+                    keep_mask) -> Tuple[jax.Array, jax.Array, Diagnostics]:
   """`entropic_coupling`, also returning the row-normalised weights: `(pi, w, diagnostics)`."""
   _check_common(epsilon, num_iterations, marginals, gradient, threshold)
   _checks.rank("cost", cost, 2)
@@ -238,10 +228,7 @@ def _entropic_solve(cost, a, b, *, epsilon, marginals, tau, num_iterations, grad
     cost = jax.lax.stop_gradient(cost)
   if keep_mask is not None:
     cost = exclude_pairs(cost, keep_mask, epsilon)
-  if lse_mode:
-    geom = geometry.Geometry(cost_matrix=cost, epsilon=epsilon)
-  else:  # the kernel, computed once here (ott would re-exponentiate the cost every iteration)
-    geom = geometry.Geometry(kernel_matrix=jnp.exp(-cost / epsilon), epsilon=epsilon)
+  geom = geometry.Geometry(cost_matrix=cost, epsilon=epsilon)
   if marginals == "semi_relaxed":
     g = jnp.zeros_like(b)
     f = geom.update_potential(jnp.zeros_like(a), g, jnp.log(a), axis=1)
@@ -251,7 +238,7 @@ def _entropic_solve(cost, a, b, *, epsilon, marginals, tau, num_iterations, grad
     tau_ab = 1.0 if marginals == "balanced" else tau
     problem = linear_problem.LinearProblem(geom, a, b, tau_a=tau_ab, tau_b=tau_ab)
     solver = sinkhorn.Sinkhorn(
-        lse_mode=lse_mode, threshold=threshold, inner_iterations=num_iterations,
+        threshold=threshold, inner_iterations=num_iterations,
         min_iterations=num_iterations, max_iterations=num_iterations,
         implicit_diff=None if gradient == "unroll" else _implicit_diff(cost, marginals))
     out = solver(problem)
@@ -276,7 +263,7 @@ def _entropic_solve(cost, a, b, *, epsilon, marginals, tau, num_iterations, grad
 def entropic_coupling(cost: jax.Array, a: jax.Array, b: jax.Array, *, epsilon: float,
                       marginals: str = "balanced", tau: float = 0.9, num_iterations: int = 50,
                       gradient: str = "stop", threshold: float = 1e-3,
-                      keep_mask: Optional[jax.Array] = None, lse_mode: bool = True
+                      keep_mask: Optional[jax.Array] = None
                       ) -> Tuple[jax.Array, Diagnostics]:
   """Entropic OT coupling of a cost matrix through ott-jax; returns `(pi, diagnostics)`.
 
@@ -311,15 +298,10 @@ def entropic_coupling(cost: jax.Array, a: jax.Array, b: jax.Array, *, epsilon: f
     threshold: tolerance on the enforced marginal errors for the `converged` flag.
     keep_mask: optional `[n, m]` booleans; False entries get a large finite cost and exactly
       zero mass.
-    lse_mode: log-domain iterations on the potentials (default; stable at every eps).
-      False: iterations on the scalings with the kernel `exp(-C/eps)` computed once — matrix-
-      vector products instead of log-sum-exps, but in float32 the kernel underflows once
-      `C/eps > ~87` (for unit vectors C <= 4: eps below ~0.05, or ~0.25 with the exp cost),
-      which silently biases the coupling.
   """
   pi, _, diagnostics = _entropic_solve(
       cost, a, b, epsilon=epsilon, marginals=marginals, tau=tau, num_iterations=num_iterations,
-      gradient=gradient, threshold=threshold, keep_mask=keep_mask, lse_mode=lse_mode)
+      gradient=gradient, threshold=threshold, keep_mask=keep_mask)
   return pi, diagnostics
 
 
@@ -327,50 +309,32 @@ def _uniform_marginals(n: int, dtype) -> jax.Array:
   return jnp.full((n,), 1.0 / n, dtype)
 
 
-def coupling(z1: jax.Array, z2: jax.Array, *, epsilon: float, marginals: str = "balanced",
-             tau: float = 0.9, cost: str = "sqeuclidean", kappa: float = 1.0,
-             num_iterations: int = 50, gradient: str = "stop", threshold: float = 1e-3,
-             lse_mode: bool = True, axis_name: Optional[str] = None
-             ) -> Tuple[jax.Array, Diagnostics]:
-  """In-batch entropic OT coupling (SPEC §4, [P002]); returns `(pi, diagnostics)`.
+def batch_coupling(pairs: pairs_lib.Pairs, *, epsilon: float, marginals: str = "balanced",
+                   tau: float = 0.9, cost: str = "sqeuclidean", kappa: float = 1.0,
+                   num_iterations: int = 10, gradient: str = "stop",
+                   threshold: float = 1e-3) -> Coupling:
+  """In-batch entropic OT coupling (Jiang et al. 2023) of the geometry `pairs`.
 
-  `pi` has shape `[2b, 2B]`: this device's stacked anchors (local rows) × all stacked
-  embeddings (global columns), uniform marginals `a = b = 1/(2B)` on the global problem, zero
-  on each row's self and positive columns. See `entropic_coupling` for `epsilon`,
-  `marginals`, `tau`, `num_iterations`, `gradient` (with its numerical caveats), `threshold`
-  and `lse_mode`; `pairwise_cost` for `cost` and `kappa`. Under `shard_map` with `axis_name`,
-  every device solves the global problem and keeps its rows; there, `gradient='implicit'`
-  is refused (ott-jax 0.6's lineax-based backward pass fails under `shard_map`), `unroll`
-  and `stop` work.
+  The global problem has uniform marginals `a = b = 1/(2B)` on the cost of `batch_problem`
+  with each row's self and positive excluded; the returned `Coupling` holds this device's
+  rows (`[2b, 2B]`) of pi and of the weights `w = pi / rowsum(pi)`, and the diagnostics. See
+  `entropic_coupling` for `epsilon`, `marginals`, `tau`, `num_iterations`, `gradient` (with
+  its numerical caveats) and `threshold`; `pairwise_cost` for `cost` and `kappa`. Under
+  `shard_map` (`pairs.axis_name` set), `gradient='implicit'` is refused (ott-jax 0.6's
+  lineax-based backward pass fails under `shard_map`); `unroll` and `stop` work.
   """
-  pi, _, diagnostics = _batch_entropic(z1, z2, epsilon=epsilon, marginals=marginals, tau=tau,
-                                       cost=cost, kappa=kappa, num_iterations=num_iterations,
-                                       gradient=gradient, threshold=threshold,
-                                       lse_mode=lse_mode, axis_name=axis_name)
-  return pi, diagnostics
-
-
-def _batch_entropic(z1, z2, *, epsilon, marginals, tau, cost, kappa, num_iterations, gradient,
-                    threshold, lse_mode, axis_name) -> Tuple[jax.Array, jax.Array, Diagnostics]:
-  """`(pi, w, diagnostics)` of the in-batch problem, this device's rows of `pi` and `w`."""
   _check_common(epsilon, num_iterations, marginals, gradient, threshold)
-  if axis_name is not None and gradient == "implicit" and marginals != "semi_relaxed":
+  if pairs.axis_name is not None and gradient == "implicit" and marginals != "semi_relaxed":
     raise ValueError("gradient='implicit' is not supported with axis_name (ott-jax 0.6's lineax "
                      "solve fails under shard_map); use gradient='unroll' or 'stop'")
-  problem = batch_cost(z1, z2, cost=cost, kappa=kappa, axis_name=axis_name)
+  problem = batch_problem(pairs, cost=cost, kappa=kappa)
   marginal = _uniform_marginals(problem.cost.shape[0], problem.cost.dtype)
   pi, weights, diagnostics = _entropic_solve(
       problem.cost, marginal, marginal, epsilon=epsilon, marginals=marginals, tau=tau,
       num_iterations=num_iterations, gradient=gradient, threshold=threshold,
-      keep_mask=problem.negative_mask, lse_mode=lse_mode)
-  return (_local_rows(pi, problem, axis_name), _local_rows(weights, problem, axis_name),
-          diagnostics)
-
-
-def _local_rows(pi: jax.Array, problem: BatchProblem, axis_name: Optional[str]) -> jax.Array:
-  if axis_name is None:
-    return pi
-  return jnp.take(pi, problem.row_index, axis=0)
+      keep_mask=problem.negative_mask)
+  return Coupling(pairs_lib.local_rows(pi, pairs), pairs_lib.local_rows(weights, pairs),
+                  diagnostics)
 
 
 def coupling_to_weights(pi: jax.Array) -> jax.Array:
@@ -382,25 +346,6 @@ def coupling_to_weights(pi: jax.Array) -> jax.Array:
   """
   row_mass = jnp.sum(pi, axis=1, keepdims=True)
   return pi / jnp.maximum(row_mass, jnp.finfo(pi.dtype).tiny)
-
-
-def negative_weights(z1: jax.Array, z2: jax.Array, *, epsilon: float, marginals: str = "balanced",
-                     tau: float = 0.9, cost: str = "sqeuclidean", kappa: float = 1.0,
-                     num_iterations: int = 50, gradient: str = "stop", threshold: float = 1e-3,
-                     lse_mode: bool = True, axis_name: Optional[str] = None
-                     ) -> Tuple[jax.Array, Diagnostics]:
-  """HCL-OT weights `w = pi / rowsum(pi)` (= 2B pi at convergence) and the diagnostics.
-
-  Arguments are those of `coupling`. The rows are normalised in log space
-  (`row_normalised_weights`), so they sum to 1 for every marginal type and also when the
-  solver stopped before convergence; `diagnostics` describe the coupling `pi` itself (its
-  marginal errors and `converged`), not the normalised weights.
-  """
-  _, weights, diagnostics = _batch_entropic(
-      z1, z2, epsilon=epsilon, marginals=marginals, tau=tau, cost=cost, kappa=kappa,
-      num_iterations=num_iterations, gradient=gradient, threshold=threshold, lse_mode=lse_mode,
-      axis_name=axis_name)
-  return weights, diagnostics
 
 
 # ---------------------------------------------------------------- quadratic regularisation
@@ -439,8 +384,10 @@ def quadratic_coupling(cost: jax.Array, a: jax.Array, b: jax.Array, *, gamma: fl
   `num_iterations` (each with a zoom line search), started from the exact alpha-maximiser at
   beta = 0 and finished by one exact alpha-maximisation, so rows of pi sum to `a` to rounding
   and the column error is the solver's residual (reported). The coupling is sparse: entries
-  with `alpha_i + beta_j <= C_ij` are exactly zero, more of them as gamma shrinks. No
-  gradient flows through the solution (use it as constant negative weights).
+  with `alpha_i + beta_j <= C_ij` are exactly zero, more of them as gamma shrinks. The solve
+  is not differentiated: cost and marginals enter as constants (`jax.lax.stop_gradient`),
+  so the coupling carries no gradient (the L-BFGS iterations have no useful derivative; use
+  it as constant negative weights, as the official HCL-OT code does with its couplings).
 
   Args:
     cost: `[n, m]` finite cost matrix.
@@ -451,7 +398,7 @@ def quadratic_coupling(cost: jax.Array, a: jax.Array, b: jax.Array, *, gamma: fl
     threshold: tolerance on the column marginal error for the `converged` flag.
     keep_mask: optional `[n, m]` booleans; False entries are excluded (zero mass).
   """
-  gamma = _positive_or_traced("gamma", gamma)
+  gamma = _checks.positive("gamma", gamma)
   _checks.positive_int("num_iterations", num_iterations)
   _checks.positive("threshold", threshold)
   _checks.rank("cost", cost, 2)
@@ -487,11 +434,10 @@ def quadratic_coupling(cost: jax.Array, a: jax.Array, b: jax.Array, *, gamma: fl
                          (alpha, beta))
 
 
-def quadratic_batch_coupling(z1: jax.Array, z2: jax.Array, *, gamma: float,
+def quadratic_batch_coupling(pairs: pairs_lib.Pairs, *, gamma: float,
                              cost: str = "sqeuclidean", kappa: float = 1.0,
-                             num_iterations: int = 100, threshold: float = 1e-3,
-                             axis_name: Optional[str] = None) -> Tuple[jax.Array, Diagnostics]:
-  """In-batch quadratically-regularised coupling; returns `(pi [2b, 2B], diagnostics)`.
+                             num_iterations: int = 10, threshold: float = 1e-3) -> Coupling:
+  """In-batch quadratically-regularised coupling of the geometry `pairs` (a `Coupling`).
 
   `gamma` is batch-size free: with `rho_ij = N 2B pi_ij` the density of the weights relative to
   uniform negatives (mean 1 per row), the objective is
@@ -500,12 +446,14 @@ def quadratic_batch_coupling(z1: jax.Array, z2: jax.Array, *, gamma: float,
 
   i.e. `quadratic_coupling` with gamma_raw = gamma · 2B · N. For costs spread evenly over
   [0, 4], each anchor keeps the negatives within about sqrt(8 gamma) of its cheapest one.
+  The coupling carries no gradient (`quadratic_coupling`).
   """
-  gamma = _positive_or_traced("gamma", gamma)
-  problem = batch_cost(z1, z2, cost=cost, kappa=kappa, axis_name=axis_name)
+  gamma = _checks.positive("gamma", gamma)
+  problem = batch_problem(pairs, cost=cost, kappa=kappa)
   n = problem.cost.shape[0]
   marginal = _uniform_marginals(n, problem.cost.dtype)
   pi, diagnostics = quadratic_coupling(
       problem.cost, marginal, marginal, gamma=gamma * n * (n - 2),
       num_iterations=num_iterations, threshold=threshold, keep_mask=problem.negative_mask)
-  return _local_rows(pi, problem, axis_name), diagnostics
+  pi = pairs_lib.local_rows(pi, pairs)
+  return Coupling(pi, coupling_to_weights(pi), diagnostics)

@@ -13,13 +13,12 @@ parameters as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
 import tempfile
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import flax
 import jax
@@ -31,13 +30,9 @@ import orbax.checkpoint as ocp
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from contrax import _checks, augment, data, evaluate, models, negatives, parallel, plotting
-from contrax.losses import _layout
-from contrax.losses import alpha_cl
-from contrax.losses.barlow import barlow_twins
-from contrax.losses.infonce import check_tau_plus, check_temperature, infonce
+from contrax import _checks, augment, data, evaluate, models, objectives, pairs, parallel, plotting
 
-LossFn = Callable[..., jax.Array]  # (z1, z2, *, axis_name) -> scalar
+LossFn = objectives.LossFn  # (z1, z2, *, axis_name) -> scalar
 
 
 # ----------------------------------------------------------------------------- config
@@ -52,18 +47,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.projection_dim = 64
   c.widths = ()          # convnet / resnet18 stage widths; () = the model's default
   c.augmentation = "digits"
-  c.loss = "ntxent"
-  c.temperature = 0.5
-  c.tau_plus = 0.1       # debiased, hcl
-  c.hcl_beta = 1.0       # hcl
-  c.ot_epsilon = 0.7     # hcl_ot: absolute entropic regularisation (SPEC §4)
-  c.ot_iterations = 10   # hcl_ot: fixed Sinkhorn iterations; quadratic_ot: L-BFGS iterations
-  c.ot_gamma = 0.1       # quadratic_ot: batch-size-free quadratic regularisation
-  c.alpha_p = 4.0        # alpha_direct: exponent p of α_ij ∝ exp(-(d²_ij)^{p/2}/t) (SPEC §6)
-  c.alpha_eps = 0.0      # alpha_direct: ε_α in the normaliser Σ_k exp(...) + ε_α N
-  c.alpha_power = 1.0    # alpha_inverse_power: k in α_ij ∝ (d²_ij + t')^{-k}
-  c.alpha_offset = 1.0   # alpha_inverse_power: t' > 0
-  c.barlow_lambda = 5e-3  # barlow: off-diagonal weight λ (SPEC §3)
+  objective = objectives.default_config()  # loss.*, weighting.* (objectives.PRESETS)
+  c.loss = objective.loss
+  c.weighting = objective.weighting
   c.batch_size = 256
   c.steps = 1500
   c.optimizer = "adamw"
@@ -80,81 +66,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.knn_k = 200
   c.progress = True
   return c
-
-
-def _hcl_loss(c):
-  t, tau, beta = check_temperature(c.temperature), check_tau_plus(c.tau_plus), c.hcl_beta
-  _checks.non_negative("hcl_beta", beta)
-
-  def loss(z1, z2, *, axis_name=None):
-    w = jax.lax.stop_gradient(negatives.hcl(z1, z2, beta=beta, temperature=t, axis_name=axis_name))
-    return infonce(z1, z2, temperature=t, weights=w, tau_plus=tau, axis_name=axis_name)
-  return loss
-
-
-def _ot_loss(c, quadratic: bool = False):
-  """HCL-OT [P002]: weights from a balanced entropic (or quadratic) OT coupling, constant."""
-  t, tau = check_temperature(c.temperature), check_tau_plus(c.tau_plus)
-  iterations = _checks.positive_int("ot_iterations", c.ot_iterations)
-  if quadratic:
-    gamma = _checks.positive("ot_gamma", c.ot_gamma)
-    weights = functools.partial(negatives.ot_quadratic, gamma=gamma, num_iterations=iterations)
-  else:
-    epsilon = _checks.positive("ot_epsilon", c.ot_epsilon)
-    weights = functools.partial(negatives.ot, epsilon=epsilon, num_iterations=iterations)
-
-  def loss(z1, z2, *, axis_name=None):
-    w = jax.lax.stop_gradient(weights(z1, z2, axis_name=axis_name))
-    return infonce(z1, z2, temperature=t, weights=w, tau_plus=tau, axis_name=axis_name)
-  return loss
-
-
-def _alpha_loss(c, kind: str):
-  """α-CL [P004] (SPEC §6): α from the min player's closed form on *detached* embeddings,
-  then the surrogate `mean_i Σ_j sg(α_ij)(d²_i - d²_ij)` (`alpha_cl.alpha_surrogate`)."""
-  t = check_temperature(c.temperature)
-  if kind == "direct":
-    weights = functools.partial(negatives.alpha_direct, temperature=t,
-                                p=_checks.positive("alpha_p", c.alpha_p),
-                                eps_alpha=_checks.non_negative("alpha_eps", c.alpha_eps))
-  elif kind == "inverse_power":
-    weights = functools.partial(alpha_cl.inverse_power,
-                                power=_checks.positive("alpha_power", c.alpha_power),
-                                offset=_checks.positive("alpha_offset", c.alpha_offset))
-  else:
-    weights = functools.partial({"sparsemax": alpha_cl.sparsemax, "entropy": alpha_cl.entropy}[kind],
-                                temperature=t)
-
-  def loss(z1, z2, *, axis_name=None):
-    sg = jax.lax.stop_gradient
-    alpha = sg(weights(sg(z1), sg(z2), axis_name=axis_name))
-    return alpha_cl.alpha_surrogate(z1, z2, alpha, axis_name=axis_name)
-  return loss
-
-
-# name -> builder(config) -> loss(z1, z2, *, axis_name). Builders validate hyper-parameters
-# eagerly, so a bad config fails before anything is compiled.
-LOSSES: dict[str, Callable[[ml_collections.ConfigDict], LossFn]] = {
-    "ntxent": lambda c: functools.partial(infonce, temperature=check_temperature(c.temperature)),
-    "debiased": lambda c: functools.partial(infonce, temperature=check_temperature(c.temperature),
-                                            tau_plus=check_tau_plus(c.tau_plus)),
-    "decoupled": lambda c: functools.partial(infonce, temperature=check_temperature(c.temperature),
-                                             decoupled=True),
-    "hcl": _hcl_loss,
-    "alpha_direct": functools.partial(_alpha_loss, kind="direct"),
-    "alpha_inverse_power": functools.partial(_alpha_loss, kind="inverse_power"),
-    "alpha_sparsemax": functools.partial(_alpha_loss, kind="sparsemax"),
-    "alpha_entropy": functools.partial(_alpha_loss, kind="entropy"),
-    "hcl_ot": _ot_loss,
-    "quadratic_ot": functools.partial(_ot_loss, quadratic=True),
-    "barlow": lambda c: functools.partial(
-        barlow_twins, lambda_=_checks.non_negative("barlow_lambda", c.barlow_lambda)),
-}
-
-
-def make_loss(config: ml_collections.ConfigDict) -> LossFn:
-  _checks.choice("loss", config.loss, sorted(LOSSES))
-  return LOSSES[config.loss](config)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -221,7 +132,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss_fn: Los
   def local_step(state: TrainState, images):
     local = images.shape[0]
     key = jax.random.fold_in(base_key, state.step)
-    sample_ids = _layout.device_offset(local, axis) + jnp.arange(local)
+    sample_ids = pairs.device_offset(local, axis) + jnp.arange(local)
     view1, view2 = augment.two_views(augmentation, key, images, sample_ids)
 
     def loss_of(params):
@@ -275,7 +186,7 @@ def validate_config(config: ml_collections.ConfigDict):
   _checks.choice("data source", config.data.split(":", 1)[0], data.SOURCES)
   _checks.choice("model", config.model, models.MODELS)
   augmentation = augment.get(config.augmentation)
-  loss_fn = make_loss(config)
+  loss_fn = objectives.make(config)
   optimizer = make_optimizer(config)
   _checks.positive_int("batch_size", config.batch_size)
   _checks.choice("on_nonfinite", config.on_nonfinite, ("stop", "skip"))
@@ -459,7 +370,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
       train_split, batch_size=config.batch_size, seed=config.seed, start_step=start_step,
       process_index=jax.process_index(), process_count=jax.process_count()))
   bar = tqdm(total=config.steps, initial=start_step, disable=not (config.progress and is_chief),
-             desc=f"{config.name} {config.loss}", unit="step", dynamic_ncols=True)
+             desc=f"{config.name} {objectives.describe(config)}", unit="step", dynamic_ncols=True)
   last_good = manager.latest_step()
 
   def check_finite(step: int, metrics) -> None:
@@ -520,7 +431,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
   results = evaluate.evaluate_all(model, state.variables(), dataset, knn_k=config.knn_k)
   log.write({"step": int(state.step), "knn_accuracy": results["knn_accuracy"]})
   summary = {
-      "data": config.data, "model": config.model, "loss": config.loss, "steps": int(state.step),
+      "data": config.data, "model": config.model, "loss": objectives.describe(config), "steps": int(state.step),
       **results,
       "images_per_second": images_seen / train_seconds if train_seconds > 0 else None,
       "wall_seconds": time.time() - start_time,

@@ -22,3 +22,12 @@ def rel_err(got, want):
   got = np.concatenate([np.ravel(g) for g in got])
   want = np.concatenate([np.ravel(w) for w in want])
   return np.linalg.norm(got - want) / np.linalg.norm(want)
+
+
+def on_views(weighting):
+  """`weighting(pairs, **hyper)` as a function of views: `(z1, z2, *, axis_name=None, **hyper)`."""
+  from contrax import pairs
+
+  def of_views(z1, z2, *, axis_name=None, **hyper):
+    return weighting(pairs.build(z1, z2, axis_name=axis_name), **hyper)
+  return of_views

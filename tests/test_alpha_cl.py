@@ -1,4 +1,4 @@
-"""α-CL (contrax.losses.alpha_cl) against float64 NumPy oracles written from SPEC §6, and the
+"""α-CL (contrax.losses.alpha_cl) against float64 NumPy oracles written from Tian 2022, and the
 identities (a), (b), (f)."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from contrax import negatives
+from contrax import weights
 from contrax.losses import alpha_cl, infonce, ntxent
-from oracles import fd_grad, rel_err
+from oracles import fd_grad, rel_err, on_views
 
 TEMPERATURES = (0.05, 0.5, 2.0)
 B, D = 4, 6
@@ -40,7 +40,7 @@ def oracle_distances(z1, z2):
   return d2, d2_pos
 
 
-# (φ, ψ, φ', ψ') of SPEC §6, float64.
+# (φ, ψ, φ', ψ') (Tian 2022), float64.
 def oracle_family(name, t=0.5, eps=1.0, margin=0.5):
   if name == "infonce":
     return (lambda x: t * np.log(eps + x), lambda x: np.exp(x / t),
@@ -164,24 +164,28 @@ def test_alpha_cl_direct_value_matches_oracle():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
-def test_surrogate_stops_gradient_into_alpha():
+def test_surrogate_differentiates_alpha_as_given():
+  """No hidden stop-gradient: d surrogate / d α_ij = (d²_i - d²_ij) / 2B on the negatives."""
   z1, z2 = views(6)
-  alpha = alpha_cl.entropy(z1, z2, temperature=0.5)
+  alpha = on_views(weights.hcl)(z1, z2, temperature=0.5)
   g = jax.grad(lambda a: alpha_cl.alpha_surrogate(z1, z2, a))(alpha)
-  assert np.all(np.asarray(g) == 0.0)
+  d2, d2_pos = oracle_distances(z1, z2)
+  want = np.where(negative_mask(), d2_pos[:, None] - d2, 0.0) / (2 * B)
+  np.testing.assert_allclose(np.asarray(g), want, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("t", TEMPERATURES)
-def test_entropy_and_inverse_power_match_oracle(t):
+def test_entropy_player_hcl_beta_1_and_inverse_power_match_oracle(t):
   z1, z2 = views(7)
   d2, _ = oracle_distances(z1, z2)
   mask = negative_mask()
   e = np.where(mask, np.exp(-d2 / t), 0.0)
-  np.testing.assert_allclose(np.asarray(alpha_cl.entropy(z1, z2, temperature=t)),
+  np.testing.assert_allclose(np.asarray(on_views(weights.hcl)(z1, z2, temperature=t)),
                              e / e.sum(1, keepdims=True), rtol=2e-5, atol=1e-7)
   k, offset = 2.0, t  # reuse t as the offset t'
   w = np.where(mask, (d2 + offset) ** (-k), 0.0)
-  np.testing.assert_allclose(np.asarray(alpha_cl.inverse_power(z1, z2, power=k, offset=offset)),
+  inverse_power = on_views(weights.inverse_power)
+  np.testing.assert_allclose(np.asarray(inverse_power(z1, z2, power=k, offset=offset)),
                              w / w.sum(1, keepdims=True), rtol=2e-5, atol=1e-7)
 
 
@@ -204,7 +208,7 @@ def test_identity_f_sparsemax(t):
   z1, z2 = views(8)
   d2, _ = oracle_distances(z1, z2)
   mask = negative_mask()
-  alpha = np.asarray(alpha_cl.sparsemax(z1, z2, temperature=t), np.float64)
+  alpha = np.asarray(on_views(weights.sparsemax)(z1, z2, temperature=t), np.float64)
   assert np.all(alpha >= 0)
   np.testing.assert_allclose(alpha.sum(1), 1.0, rtol=0, atol=2e-6)
   assert np.all(alpha[~mask] == 0)
@@ -219,7 +223,7 @@ def test_identity_f_sparsemax(t):
 def test_sparsemax_rows_handles_ties_and_a_single_entry():
   scores = jnp.array([[0.0, 0.0, 0.0, 0.0], [5.0, -1.0, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
   mask = jnp.array([[True] * 4, [False, True, True, True], [False, False, True, False]])
-  got = np.asarray(alpha_cl.sparsemax_rows(scores, mask))
+  got = np.asarray(weights.sparsemax_rows(scores, mask))
   np.testing.assert_allclose(got, [[0.25] * 4, [0, 0, 1, 0], [0, 0, 1, 0]], atol=1e-7)
 
 
@@ -246,9 +250,9 @@ def test_sharded_surrogate_equals_single_device():
     (lambda z: alpha_cl.alpha_surrogate(z, z, -np.ones((8, 8))), "alpha"),
     (lambda z: alpha_cl.infonce_alpha(z, z, temperature=0.0), "temperature"),
     (lambda z: alpha_cl.infonce_alpha(z, z, eps=-1.0), "eps"),
-    (lambda z: alpha_cl.sparsemax(z, z, temperature=-1.0), "temperature"),
-    (lambda z: alpha_cl.inverse_power(z, z, power=0.0), "power"),
-    (lambda z: alpha_cl.inverse_power(z, z, offset=0.0), "offset"),
+    (lambda z: on_views(weights.sparsemax)(z, z, temperature=-1.0), "temperature"),
+    (lambda z: on_views(weights.inverse_power)(z, z, power=0.0), "power"),
+    (lambda z: on_views(weights.inverse_power)(z, z, offset=0.0), "offset"),
     (lambda z: alpha_cl.phi_psi_loss(z, z[:, :3], alpha_cl.mine_family()), "z1"),
     (lambda z: alpha_cl.phi_psi_loss(z, z, alpha_cl.mine_family(), jnp.exp), "psi"),
     (lambda z: alpha_cl.triplet_family(margin=-1.0), "margin"),

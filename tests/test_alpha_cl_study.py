@@ -1,5 +1,5 @@
-"""α-CL studies (SPEC §6): contrastive covariance against a float64 oracle, the energy identity
-E_α(W) = ½ tr(W C_α Wᵀ), the α-CL losses of `train.LOSSES`, and experiments/alpha_cl.py at a
+"""α-CL studies (Tian 2022): contrastive covariance against a float64 oracle, the energy identity
+E_α(W) = ½ tr(W C_α Wᵀ), the α-CL objective presets, and experiments/alpha_cl.py at a
 tiny size."""
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from contrax import theory, train
+from contrax import objectives, theory, train
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
 import alpha_cl as study  # noqa: E402
 
 
 def _oracle_cov(x1, x2, alpha):
-  """C_α written from SPEC §6 with explicit loops, float64."""
+  """C_α written from Tian 2022 with explicit loops, float64."""
   x = np.concatenate([x1, x2]).astype(np.float64)
   n, b = x.shape[0], x1.shape[0]
   cov = np.zeros((x.shape[1], x.shape[1]))
@@ -116,7 +116,7 @@ def test_effective_rank_closed_form():
   assert study.covered_directions(np.array([[1.0, 0.01], [0.0, -2.0], [1.0, 1.0]])) == 2
 
 
-# ----------------------------------------------------------------------------- train.LOSSES
+# ----------------------------------------------------------------------------- objectives
 
 
 def _views(seed=0, b=6, d=5):
@@ -128,11 +128,10 @@ def _views(seed=0, b=6, d=5):
 @pytest.mark.parametrize("name", ["alpha_direct", "alpha_entropy"])
 def test_direct_p2_and_entropy_have_t_times_decoupled_infonce_gradient(name):
   c = train.default_config()
-  c.temperature, c.alpha_p, c.alpha_eps = 0.7, 2.0, 0.0
-  c.loss = name
-  loss = train.make_loss(c)
-  c.loss = "decoupled"
-  reference = train.make_loss(c)
+  c.loss.temperature = 0.7
+  c.weighting.alpha_direct.p, c.weighting.alpha_direct.eps_alpha = 2.0, 0.0
+  loss = objectives.make(objectives.apply_preset(c, name))
+  reference = objectives.make(objectives.apply_preset(c, "decoupled"))
   z1, z2 = _views()
   g = jax.grad(lambda a, b: loss(a, b), argnums=(0, 1))(z1, z2)
   g_ref = jax.grad(lambda a, b: reference(a, b), argnums=(0, 1))(z1, z2)
@@ -143,21 +142,20 @@ def test_direct_p2_and_entropy_have_t_times_decoupled_infonce_gradient(name):
 @pytest.mark.parametrize("name", ["alpha_direct", "alpha_inverse_power", "alpha_sparsemax",
                                   "alpha_entropy"])
 def test_alpha_losses_finite_and_checked(name):
-  c = train.default_config()
-  c.loss = name
+  c = objectives.apply_preset(train.default_config(), name)
   z1, z2 = _views(1)
-  value, grads = jax.value_and_grad(train.make_loss(c))(z1, z2)
+  value, grads = jax.value_and_grad(objectives.make(c))(z1, z2)
   assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grads)))
-  c.temperature = -1.0
+  c.loss.temperature = -1.0
   with pytest.raises(ValueError, match="temperature"):
-    train.make_loss(c)
+    objectives.make(c)
 
 
 def test_alpha_direct_bad_p_raises():
-  c = train.default_config()
-  c.loss, c.alpha_p = "alpha_direct", 0.0
-  with pytest.raises(ValueError, match="alpha_p"):
-    train.make_loss(c)
+  c = objectives.apply_preset(train.default_config(), "alpha_direct")
+  c.weighting.alpha_direct.p = 0.0
+  with pytest.raises(ValueError, match="weighting.alpha_direct: p"):
+    objectives.make(c)
 
 
 # ----------------------------------------------------------------------------- the study, tiny

@@ -1,5 +1,6 @@
 """Barlow Twins and the paper forms of Huang et al. (contrax.losses.barlow) against float64
-NumPy oracles written from SPEC §3, with the identities (e)."""
+NumPy oracles written from the formulas (Zbontar et al. 2021; Huang et al. 2023), with the
+decomposition identities."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +8,8 @@ import pytest
 
 import jax
 import jax.numpy as jnp
+
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from contrax.losses import barlow
 from oracles import fd_grad, rel_err
@@ -136,3 +139,70 @@ def test_sharded_equals_single_device():
 def test_bad_arguments_raise(call, name):
   with pytest.raises(ValueError, match=name):
     call()
+
+
+def special_column(kind):
+  """64 x 4 float32 features whose column 0 is constant, nearly constant (relative spread
+  1e-6) or huge (~1e30); the other columns are standard normal."""
+  rng = np.random.default_rng(0)
+  z = rng.standard_normal((64, 4)).astype(np.float32)
+  z[:, 0] = {"constant": np.full(64, 0.7),
+             "nearly_constant": 0.7 * (1.0 + 1e-6 * rng.standard_normal(64)),
+             "huge": 1e30 * rng.standard_normal(64)}[kind]
+  return z
+
+
+def oracle_standardize_eps0(z):
+  """float64 standardisation with eps = 0; a constant column (max == min) is 0."""
+  z = z.astype(np.float64)
+  out = np.zeros_like(z)
+  for k in range(z.shape[1]):
+    if z[:, k].max() > z[:, k].min():
+      centred = z[:, k] - z[:, k].mean()
+      out[:, k] = centred / np.sqrt(np.mean(centred ** 2))
+  return out
+
+
+@pytest.mark.parametrize("kind", ["constant", "nearly_constant", "huge"])
+def test_standardize_constant_nearly_constant_and_huge_columns(kind):
+  """Issue 24.1: a constant column stays exactly 0 with eps = 0 (it used to become ±1: the
+  float mean's rounding residual, rescaled by its max), single device and on 8 devices."""
+  z = special_column(kind)
+  want = oracle_standardize_eps0(z)
+  got = np.asarray(barlow.standardize(jnp.asarray(z), eps=0.0), np.float64)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+  sharded = jax.jit(jax.shard_map(lambda x: barlow.standardize(x, eps=0.0, axis_name="data"),
+                                  mesh=mesh, in_specs=P("data"), out_specs=P("data")))
+  got = np.asarray(sharded(jax.device_put(z, NamedSharding(mesh, P("data")))), np.float64)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  if kind == "constant":
+    assert np.all(got[:, 0] == 0.0)
+    # F_00 = 0 for the constant column, F_kk = 1 for the others: L1 = Σ_k (1 - F_kk)² = 1.
+    np.testing.assert_allclose(float(barlow.cross_correlation_loss(z, z, 0.005).l1), 1.0,
+                               rtol=1e-5)
+
+
+def test_a_global_batch_of_one_is_an_error():
+  """Issue 19.7: batch statistics of one sample are undefined (it used to return 16.0)."""
+  with pytest.raises(ValueError, match="z1 must have a global batch of at least 2 rows.* 1"):
+    barlow.barlow_twins(np.ones((1, 4)), np.ones((1, 4)))
+  mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+  sharded = jax.shard_map(lambda a, b: barlow.barlow_twins(a, b, axis_name="data"), mesh=mesh,
+                          in_specs=(P("data"), P("data")), out_specs=P())
+  with pytest.raises(ValueError, match="global batch of 1"):
+    sharded(np.ones((1, 4), np.float32), np.ones((1, 4), np.float32))
+
+
+def test_nan_or_inf_inputs_are_errors_naming_the_row():
+  z1, z2 = views(7)
+  z1 = np.array(z1)
+  z1[3, 1] = np.nan
+  with pytest.raises(ValueError, match="z1 contains NaN or inf at row 3"):
+    barlow.barlow_twins(z1, z2)
+  z2 = np.array(z2)
+  z2[5, 0] = np.inf
+  with pytest.raises(ValueError, match="z2 contains NaN or inf at row 5"):
+    barlow.barlow_twins(np.asarray(views(7)[0]), z2)
+  # Traced inputs are not inspected (no host round-trip inside a jitted step).
+  assert np.isnan(float(jax.jit(barlow.barlow_twins)(z1, z2)))

@@ -3,8 +3,8 @@
 That file fuzzes the dense InfoNCE family, the uniform / HCL / α-direct weightings, α-CL,
 CURL and Barlow Twins. Here:
 
-1. OT negative weightings (`negatives.ot` for every marginal type, gradient mode and cost;
-   `negatives.ot_quadratic`) and the HCL-OT loss built on them: finite, non-negative,
+1. OT negative weightings (`on_views(weights.ot)` for every marginal type, gradient mode and cost;
+   `on_views(weights.quadratic_ot)`) and the HCL-OT loss built on them: finite, non-negative,
    row-stochastic weights with exact zeros on self/positive pairs, finite loss and gradients
    (also through the Sinkhorn solution, implicit or unrolled), for embeddings with zero rows,
    duplicate rows and magnitudes from 1e-30 to 3e38, at epsilon from 1e-3 to 10 and gamma
@@ -44,9 +44,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import embeddings
 
-from contrax import mi, negatives
+from contrax import mi, weights
 from contrax import ot as ot_lib
 from contrax.losses import curl, infonce
+from oracles import on_views
 
 B, D, K = 3, 4, 4
 SETTINGS = settings(max_examples=10, deadline=None, derandomize=True,
@@ -97,15 +98,15 @@ PROBE = jnp.asarray(np.random.default_rng(0).normal(size=(2 * B, 2 * B)), jnp.fl
 @functools.lru_cache(maxsize=None)
 def ot_functions(marginals: str, gradient: str, cost: str, num_iterations: int = 10):
   """Jitted (weights, HCL-OT loss and its gradient, probe gradient through the weights)."""
-  weights = functools.partial(negatives.ot, marginals=marginals, gradient=gradient, cost=cost,
-                              num_iterations=num_iterations)
+  weigh = functools.partial(on_views(weights.ot), marginals=marginals, gradient=gradient,
+                            cost=cost, num_iterations=num_iterations)
 
   def hcl_ot_loss(z1, z2, epsilon):
-    w = jax.lax.stop_gradient(weights(z1, z2, epsilon=epsilon))
+    w = jax.lax.stop_gradient(weigh(z1, z2, epsilon=epsilon))
     return infonce(z1, z2, temperature=0.5, tau_plus=0.1, weights=w)
 
-  probe_loss = lambda z1, z2, epsilon: jnp.sum(weights(z1, z2, epsilon=epsilon) * PROBE)  # noqa
-  return (jax.jit(lambda z1, z2, epsilon: weights(z1, z2, epsilon=epsilon)),
+  probe_loss = lambda z1, z2, epsilon: jnp.sum(weigh(z1, z2, epsilon=epsilon) * PROBE)  # noqa
+  return (jax.jit(lambda z1, z2, epsilon: weigh(z1, z2, epsilon=epsilon)),
           jax.jit(jax.value_and_grad(hcl_ot_loss, argnums=(0, 1))),
           jax.jit(jax.grad(probe_loss, argnums=(0, 1))) if gradient != "stop" else None)
 
@@ -137,12 +138,12 @@ def test_implicit_ot_gradient_with_a_duplicate_embedding(epsilon):
 
 @functools.lru_cache(maxsize=None)
 def quadratic_functions():
-  weights = lambda z1, z2, gamma: negatives.ot_quadratic(z1, z2, gamma=gamma,  # noqa: E731
-                                                         num_iterations=20)
+  weigh = lambda z1, z2, gamma: on_views(weights.quadratic_ot)(  # noqa: E731
+      z1, z2, gamma=gamma, num_iterations=20)
 
   def loss(z1, z2, gamma):
-    return infonce(z1, z2, temperature=0.5, weights=weights(z1, z2, gamma))
-  return jax.jit(weights), jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    return infonce(z1, z2, temperature=0.5, weights=weigh(z1, z2, gamma))
+  return jax.jit(weigh), jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
 
 @SETTINGS
@@ -296,18 +297,18 @@ Z = jnp.ones((B, D))
 @given(bad=not_positive, count=st.integers(-3, 0), name=not_a_choice)
 def test_bad_ot_arguments_raise_naming_them(bad, count, name):
   with pytest.raises(ValueError, match="epsilon"):
-    negatives.ot(Z, Z, epsilon=bad)
+    on_views(weights.ot)(Z, Z, epsilon=bad)
   with pytest.raises(ValueError, match="gamma"):
-    negatives.ot_quadratic(Z, Z, gamma=bad)
+    on_views(weights.quadratic_ot)(Z, Z, gamma=bad)
   with pytest.raises(ValueError, match="num_iterations"):
-    negatives.ot(Z, Z, epsilon=0.1, num_iterations=count)
+    on_views(weights.ot)(Z, Z, epsilon=0.1, num_iterations=count)
   for argument in ("marginals", "gradient", "cost"):
     with pytest.raises(ValueError, match=f"unknown {argument} .*valid choices"):
-      negatives.ot(Z, Z, epsilon=0.1, **{argument: name})
+      on_views(weights.ot)(Z, Z, epsilon=0.1, **{argument: name})
   with pytest.raises(ValueError, match="at least 2 images"):
-    negatives.ot(Z[:1], Z[:1], epsilon=0.1)
+    on_views(weights.ot)(Z[:1], Z[:1], epsilon=0.1)
   with pytest.raises(ValueError, match="z1"):
-    negatives.ot(Z, jnp.ones((B + 1, D)), epsilon=0.1)
+    on_views(weights.ot)(Z, jnp.ones((B + 1, D)), epsilon=0.1)
 
 
 @SETTINGS

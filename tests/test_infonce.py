@@ -1,6 +1,7 @@
-"""The InfoNCE family (contrax.losses.infonce) against a float64 NumPy oracle of SPEC §1.
+"""The InfoNCE family (contrax.losses.infonce) against a float64 NumPy oracle.
 
-The oracle below is written from the formulas of SPEC §1 with plain loops and direct
+The oracle below is written from the formulas (SimCLR, Chen et al. 2020; debiased, Chuang et
+al. 2020; HCL, Robinson et al. 2021; queue negatives, He et al. 2020) with plain loops and direct
 exponentials (no log-space tricks); its gradient is taken by central finite differences in
 float64. The code under test runs in float32 and must agree to rtol 1e-5 in value and to a
 norm-wise relative error of 1e-5 in gradient at every temperature, t = 0.05 included (the
@@ -15,9 +16,9 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from contrax import negatives
-from contrax.losses import infonce, ntxent, supervised_infonce
-from oracles import fd_grad, rel_err
+from contrax import weights
+from contrax.losses import alpha_cl, infonce, ntxent, supervised_infonce, tiled
+from oracles import fd_grad, rel_err, on_views
 
 TEMPERATURES = (0.05, 0.5, 2.0)
 B, D = 4, 6
@@ -29,7 +30,7 @@ def normalize(z):
 
 def oracle_infonce(z1, z2, t, *, tau_plus=0.0, decoupled=False, queue=None, hcl_beta=None,
                    return_clamped=False):
-  """SPEC §1 in float64: loss = mean_i -log(pos_i / (pos_i + Ng_i))."""
+  """Weighted InfoNCE in float64: loss = mean_i -log(pos_i / (pos_i + Ng_i))."""
   b = z1.shape[0]
   z = normalize(np.concatenate([z1, z2]).astype(np.float64))
   cols = z if queue is None else np.concatenate([z, normalize(queue.astype(np.float64))])
@@ -142,7 +143,7 @@ def test_hcl_matches_oracle(t):
   beta, tau = 1.0, 0.1
 
   def loss(a, b):
-    w = negatives.hcl(a, b, beta=beta, temperature=t)
+    w = on_views(weights.hcl)(a, b, beta=beta, temperature=t)
     return infonce(a, b, temperature=t, tau_plus=tau, weights=w)
 
   check_against_oracle(loss, lambda a, b: oracle_infonce(a, b, t, tau_plus=tau, hcl_beta=beta),
@@ -180,7 +181,7 @@ def test_identity_hcl_beta0_is_debiased_is_ntxent(t):
   """(c): HCL with beta = 0 equals debiased CL, which with tau+ = 0 equals NT-Xent."""
   z1, z2 = (jnp.asarray(v) for v in views(9))
   hcl0 = lambda a, b, tau: infonce(a, b, temperature=t, tau_plus=tau,
-                                   weights=negatives.hcl(a, b, beta=0.0, temperature=t))
+                                   weights=on_views(weights.hcl)(a, b, beta=0.0, temperature=t))
   dcl = lambda a, b, tau: infonce(a, b, temperature=t, tau_plus=tau)
   for tau in (0.1, 0.0):
     v1, g1 = value_and_grad(lambda a, b: hcl0(a, b, tau))(z1, z2)
@@ -216,7 +217,7 @@ def test_sharded_equals_single_device():
 
   def make(axis_name):
     def loss(a, b):
-      w = negatives.hcl(a, b, beta=0.5, temperature=0.5, axis_name=axis_name)
+      w = on_views(weights.hcl)(a, b, beta=0.5, temperature=0.5, axis_name=axis_name)
       return infonce(a, b, temperature=0.5, tau_plus=0.1, weights=w, axis_name=axis_name)
     return loss
 
@@ -240,7 +241,7 @@ def test_single_device_fast_path_matches_oracle_and_generic_path(t, decoupled):
   fast = lambda a, b: infonce(a, b, temperature=t, decoupled=decoupled)
   check_against_oracle(fast, lambda a, b: oracle_infonce(a, b, t, decoupled=decoupled), z1, z2)
   generic = lambda a, b: infonce(a, b, temperature=t, decoupled=decoupled,
-                                 weights=negatives.uniform(a, b))
+                                 weights=on_views(weights.uniform)(a, b))
   v1, g1 = value_and_grad(fast)(z1, z2)
   v2, g2 = value_and_grad(generic)(z1, z2)
   np.testing.assert_allclose(float(v1), float(v2), rtol=1e-5)
@@ -249,3 +250,66 @@ def test_single_device_fast_path_matches_oracle_and_generic_path(t, decoupled):
   _, forward = jax.jvp(fast, (jnp.asarray(z1), jnp.asarray(z2)), (d1, d2))
   np.testing.assert_allclose(float(forward), float(jnp.sum(g1[0] * d1) + jnp.sum(g1[1] * d2)),
                              rtol=1e-4, atol=1e-6)
+
+
+TEMPERATURE_LOSSES = {
+    "ntxent": (lambda a, b, t: infonce(a, b, temperature=t), {}),
+    "debiased": (lambda a, b, t: infonce(a, b, temperature=t, tau_plus=0.1), {"tau_plus": 0.1}),
+    "hcl": (lambda a, b, t: infonce(a, b, temperature=t, tau_plus=0.1, weights=on_views(
+        weights.hcl)(a, b, beta=1.0, temperature=t)), {"tau_plus": 0.1, "hcl_beta": 1.0}),
+    "tiled_hcl": (lambda a, b, t: tiled.tiled_infonce(a, b, temperature=t, tau_plus=0.1,
+                                                      beta=1.0, tile_size=3),
+                  {"tau_plus": 0.1, "hcl_beta": 1.0}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEMPERATURE_LOSSES))
+def test_gradient_with_respect_to_a_traced_temperature(name):
+  """Issue 19.5: a learnable temperature; d loss / d t against central differences of the
+  float64 oracle."""
+  loss, oracle_kwargs = TEMPERATURE_LOSSES[name]
+  z1, z2 = views(21)
+  t, h = 0.5, 1e-6
+  value, grad_t = jax.value_and_grad(lambda u: loss(z1, z2, u))(jnp.float32(t))
+  want = (oracle_infonce(z1, z2, t + h, **oracle_kwargs)
+          - oracle_infonce(z1, z2, t - h, **oracle_kwargs)) / (2 * h)
+  np.testing.assert_allclose(float(value), oracle_infonce(z1, z2, t, **oracle_kwargs), rtol=1e-5)
+  np.testing.assert_allclose(float(grad_t), want, rtol=1e-4)
+
+
+def test_temperature_may_be_an_array_or_passed_into_a_jitted_step():
+  z1, z2 = views(22)
+  want = float(infonce(z1, z2, temperature=0.5))
+  np.testing.assert_allclose(float(infonce(z1, z2, temperature=jnp.array(0.5))), want, rtol=1e-6)
+  np.testing.assert_allclose(float(jax.jit(lambda t: infonce(z1, z2, temperature=t))(0.5)), want,
+                             rtol=1e-6)
+  for weighting in (weights.hcl, weights.alpha_direct, weights.sparsemax):
+    got = jax.jit(lambda t: on_views(weighting)(z1, z2, temperature=t))(0.5)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(on_views(weighting)(
+        z1, z2, temperature=0.5)), rtol=1e-6, atol=1e-7)
+  jax.jit(lambda t: alpha_cl.alpha_cl_direct(z1, z2, temperature=t))(0.5)
+  with pytest.raises(ValueError, match="temperature"):
+    infonce(z1, z2, temperature=jnp.array(-0.5))
+  with pytest.raises(TypeError, match="temperature"):
+    infonce(z1, z2, temperature=jnp.ones(2))
+
+
+@pytest.mark.parametrize("call", [
+    lambda z1, z2: infonce(z1, z2),
+    lambda z1, z2: infonce(z1, z2, implementation="tiled"),
+    lambda z1, z2: supervised_infonce(z1, z2, np.arange(z1.shape[0])),
+    lambda z1, z2: alpha_cl.alpha_cl_direct(z1, z2),
+    lambda z1, z2: alpha_cl.phi_psi_loss(z1, z2, alpha_cl.mine_family()),
+])
+def test_nan_or_inf_inputs_are_errors_naming_the_row(call):
+  """Issue 19.7: concrete NaN/inf inputs are refused (they gave NaN silently)."""
+  z1, z2 = views(23)
+  bad = np.array(z1)
+  bad[3, 2] = np.nan
+  with pytest.raises(ValueError, match="z1 contains NaN or inf at row 3"):
+    call(bad, z2)
+  bad = np.array(z2)
+  bad[1, 0] = -np.inf
+  with pytest.raises(ValueError, match="z2 contains NaN or inf at row 1"):
+    call(z1, bad)
+  assert np.isnan(float(jax.jit(call)(np.full_like(z1, np.nan), z2)))  # traced: not checked

@@ -20,8 +20,9 @@ from strategies import embeddings
 import jax
 import jax.numpy as jnp
 
-from contrax import negatives
+from contrax import weights
 from contrax.losses import alpha_cl, barlow, curl, infonce, ntxent, supervised_infonce
+from oracles import on_views
 
 B, D, Q = 3, 4, 2
 SETTINGS = settings(max_examples=8, deadline=None, derandomize=True,
@@ -62,7 +63,7 @@ def test_infonce_family_is_finite(z, queue, t, tau, beta, labels):
       lambda a, b: infonce(a, b, temperature=t, tau_plus=tau, queue=jnp.asarray(queue)), z1, z2)
   assert_finite_value_and_grad(
       lambda a, b: infonce(a, b, temperature=t, tau_plus=tau,
-                           weights=negatives.hcl(a, b, beta=beta, temperature=t)), z1, z2)
+                           weights=on_views(weights.hcl)(a, b, beta=beta, temperature=t)), z1, z2)
   assert_finite_value_and_grad(
       lambda a, b: supervised_infonce(a, b, jnp.asarray(labels), temperature=t), z1, z2)
 
@@ -72,14 +73,14 @@ def test_infonce_family_is_finite(z, queue, t, tau, beta, labels):
        eps_alpha=st.floats(0.0, 1.0))
 def test_weightings_are_finite(z, t, beta, p, eps_alpha):
   z1, z2 = two_views(z)
-  assert_finite_weights(lambda a, b: negatives.uniform(a, b), z1, z2)
-  assert_finite_weights(lambda a, b: negatives.hcl(a, b, beta=beta, temperature=t), z1, z2)
+  assert_finite_weights(lambda a, b: on_views(weights.uniform)(a, b), z1, z2)
+  assert_finite_weights(lambda a, b: on_views(weights.hcl)(a, b, beta=beta, temperature=t), z1, z2)
   assert_finite_weights(
-      lambda a, b: negatives.alpha_direct(a, b, p=p, eps_alpha=eps_alpha, temperature=t),
+      lambda a, b: on_views(weights.alpha_direct)(a, b, p=p, eps_alpha=eps_alpha, temperature=t),
       z1, z2, check_rows=eps_alpha == 0)
-  assert_finite_weights(lambda a, b: alpha_cl.entropy(a, b, temperature=t), z1, z2)
-  assert_finite_weights(lambda a, b: alpha_cl.sparsemax(a, b, temperature=t), z1, z2)
-  assert_finite_weights(lambda a, b: alpha_cl.inverse_power(a, b, power=p, offset=t), z1, z2)
+  assert_finite_weights(lambda a, b: on_views(weights.sparsemax)(a, b, temperature=t), z1, z2)
+  assert_finite_weights(lambda a, b: on_views(weights.inverse_power)(a, b, power=p, offset=t),
+                        z1, z2)
   assert_finite_weights(lambda a, b: alpha_cl.infonce_alpha(a, b, temperature=t, eps=eps_alpha),
                         z1, z2, check_rows=False)
 
@@ -146,19 +147,19 @@ W_NOT_STOCHASTIC = jnp.full((8, 8), 0.5)
     (lambda: infonce(Z, Z, tau_plus=-0.1), "tau_plus"),
     (lambda: infonce(Z, Z, weights=W_NOT_STOCHASTIC), "weights"),
     (lambda: infonce(Z, Z, weights=jnp.full((8, 7), 1 / 6)), "weights"),
-    (lambda: infonce(Z, Z, weights=-negatives.uniform(Z, Z)), "weights"),
+    (lambda: infonce(Z, Z, weights=-on_views(weights.uniform)(Z, Z)), "weights"),
     (lambda: infonce(Z, Z, queue=jnp.ones((3, 4))), "queue"),
     (lambda: ntxent(Z, Z, temperature=0.0), "temperature"),
     (lambda: supervised_infonce(Z, Z, jnp.arange(3)), "labels"),
     (lambda: supervised_infonce(Z, Z, jnp.zeros((4, 1), jnp.int32)), "labels"),
     (lambda: supervised_infonce(Z, Z, jnp.zeros(4)), "labels"),
     (lambda: supervised_infonce(Z, Z, jnp.arange(4), temperature=-1.0), "temperature"),
-    (lambda: negatives.hcl(Z, Z, beta=-1.0, temperature=0.5), "beta"),
-    (lambda: negatives.hcl(Z, Z, beta=1.0, temperature=0.0), "temperature"),
-    (lambda: negatives.alpha_direct(Z, Z, temperature=0.0), "temperature"),
+    (lambda: on_views(weights.hcl)(Z, Z, beta=-1.0, temperature=0.5), "beta"),
+    (lambda: on_views(weights.hcl)(Z, Z, beta=1.0, temperature=0.0), "temperature"),
+    (lambda: on_views(weights.alpha_direct)(Z, Z, temperature=0.0), "temperature"),
     (lambda: alpha_cl.alpha_surrogate(Z, Z, W_NOT_STOCHASTIC[:4]), "alpha"),
     (lambda: alpha_cl.infonce_family(temperature=0.0), "temperature"),
-    (lambda: alpha_cl.entropy(Z, jnp.ones((4, 4)), temperature=0.5), "z1"),
+    (lambda: on_views(weights.hcl)(Z, jnp.ones((4, 4)), temperature=0.5), "z1"),
     (lambda: barlow.barlow_twins(Z, jnp.ones((4, 4))), "z1"),
     (lambda: curl.curl_loss(Z, Z, jnp.ones((4, 2, 3))), "fx_neg"),
 ])

@@ -1,8 +1,8 @@
-"""Tests for contrax.ot and the OT weightings of contrax.negatives (SPEC §4).
+"""Tests for contrax.ot and the OT weightings of contrax.weights (Jiang, Ishwar, Aeron 2023).
 
 References are independent of the code under test: a float64 log-domain Sinkhorn–Knopp
 written here from the formula, POT (`ot.sinkhorn`, `ot.smooth.smooth_ot_dual`), HCL's closed
-form (`negatives.hcl`), central finite differences of the float64 oracle, and KKT conditions.
+form (`weights.hcl`), central finite differences of the float64 oracle, and KKT conditions.
 """
 from __future__ import annotations
 
@@ -16,14 +16,17 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 from scipy.special import logsumexp
 
-from contrax import negatives, ot
+import dataclasses
+
+from contrax import ot, pairs, weights
 from contrax.losses import infonce
+from oracles import on_views
 
 B, D = 6, 5  # 2B = 12 stacked rows, N = 10 negatives each
 # Jitted entry points (eager op-by-op dispatch of the solvers is slow); epsilon is traced.
-ot_weights = jax.jit(negatives.ot, static_argnames=("marginals", "tau", "cost", "kappa",
+ot_weights = jax.jit(on_views(weights.ot), static_argnames=("marginals", "tau", "cost", "kappa",
                                                     "num_iterations", "gradient", "axis_name"))
-hcl_weights = jax.jit(negatives.hcl, static_argnames=("beta", "temperature"))
+hcl_weights = jax.jit(on_views(weights.hcl), static_argnames=("beta", "temperature"))
 
 
 def views(seed=0, b=B, d=D):
@@ -63,17 +66,22 @@ def oracle_weights(z1, z2, epsilon):
   return pi / pi.sum(1, keepdims=True)
 
 
-@functools.partial(jax.jit, static_argnames=("num_iterations", "cost", "lse_mode"))
-def solve_weights(z1, z2, epsilon, num_iterations=500, cost="sqeuclidean", lse_mode=True):
-  return ot.negative_weights(z1, z2, epsilon=epsilon, num_iterations=num_iterations, cost=cost,
-                             lse_mode=lse_mode)
+def coupling(z1, z2, axis_name=None, **kwargs):
+  """`ot.batch_coupling` of views; an `axis_name` is only recorded (for argument checks)."""
+  geometry = dataclasses.replace(pairs.build(z1, z2), axis_name=axis_name)
+  return ot.batch_coupling(geometry, **kwargs)
 
 
-@pytest.mark.parametrize("lse_mode", [True, False])
-def test_balanced_weights_equal_float64_sinkhorn_oracle(lse_mode):
+@functools.partial(jax.jit, static_argnames=("num_iterations", "cost"))
+def solve_weights(z1, z2, epsilon, num_iterations=500, cost="sqeuclidean"):
+  c = coupling(z1, z2, epsilon=epsilon, num_iterations=num_iterations, cost=cost)
+  return c.weights, c.diagnostics
+
+
+def test_balanced_weights_equal_float64_sinkhorn_oracle():
   z1, z2 = views(1)
   for epsilon in (0.2, 1.0):
-    w, diag = solve_weights(z1, z2, jnp.float32(epsilon), lse_mode=lse_mode)
+    w, diag = solve_weights(z1, z2, jnp.float32(epsilon))
     # float32 weights are <= 1; 1e-6 absolute is ~10 ulps of the largest weight.
     np.testing.assert_allclose(np.asarray(w), oracle_weights(z1, z2, epsilon), atol=1e-6, rtol=0)
     assert bool(diag.converged) and float(diag.column_marginal_error) < 1e-5
@@ -133,7 +141,7 @@ def test_weights_tend_to_uniform_as_epsilon_grows():
 
 
 def weighted_sum(z1, z2, probe, gradient, num_iterations=300, marginals="balanced"):
-  w = negatives.ot(z1, z2, epsilon=0.5, gradient=gradient, num_iterations=num_iterations,
+  w = on_views(weights.ot)(z1, z2, epsilon=0.5, gradient=gradient, num_iterations=num_iterations,
                    marginals=marginals)
   return jnp.sum(probe * w)
 
@@ -170,7 +178,7 @@ def test_implicit_gradient_with_a_duplicate_embedding_matches_unroll_and_finite_
   probe = jnp.asarray(rng.randn(8, 8), jnp.float32)
 
   def probe_sum(a, b, eps, gradient):
-    w = negatives.ot(a, b, epsilon=eps, gradient=gradient, num_iterations=2000)
+    w = on_views(weights.ot)(a, b, epsilon=eps, gradient=gradient, num_iterations=2000)
     return jnp.sum(probe * w)
 
   grads = {mode: jax.jit(jax.grad(functools.partial(probe_sum, gradient=mode), argnums=(0, 1)))(
@@ -228,7 +236,8 @@ def test_semi_relaxed_gradient_equals_hcl_gradient():
   probe = jnp.asarray(np.random.RandomState(9).randn(8, 8), jnp.float32)
   got = jax.jit(jax.grad(functools.partial(weighted_sum, gradient="implicit", probe=probe,
                                            marginals="semi_relaxed")))(z1, z2)
-  hcl_sum = lambda a, b: jnp.sum(probe * negatives.hcl(a, b, beta=2 * 0.5 / 0.5, temperature=0.5))
+  hcl_sum = lambda a, b: jnp.sum(probe * on_views(weights.hcl)(a, b, beta=2 * 0.5 / 0.5,
+                                                             temperature=0.5))
   np.testing.assert_allclose(np.asarray(got), np.asarray(jax.jit(jax.grad(hcl_sum))(z1, z2)),
                              atol=1e-5)
 
@@ -258,7 +267,7 @@ def test_jitted_coupling_traces_once_across_calls():
   @jax.jit
   def step(a, b):
     traces.append(1)
-    return ot.coupling(a, b, epsilon=0.7, num_iterations=30)
+    return coupling(a, b, epsilon=0.7, num_iterations=30)
 
   for seed in range(3):
     jax.block_until_ready(step(*views(seed)))
@@ -271,7 +280,7 @@ def test_sharded_weights_loss_and_gradients_equal_single_device():
   z1, z2 = views(13, b=2 * n_dev, d=4)
 
   def loss(a, b, axis_name=None):
-    w = negatives.ot(a, b, epsilon=0.5, num_iterations=30, axis_name=axis_name)
+    w = on_views(weights.ot)(a, b, epsilon=0.5, num_iterations=30, axis_name=axis_name)
     return infonce(a, b, weights=w, tau_plus=0.05, axis_name=axis_name), w
 
   value_and_grad = lambda axis_name: jax.value_and_grad(
@@ -343,7 +352,7 @@ def test_quadratic_coupling_gets_sparser_as_gamma_shrinks():
 
 def test_ot_quadratic_weights_are_row_stochastic_and_sparse():
   z1, z2 = views(17)
-  w = np.asarray(jax.jit(negatives.ot_quadratic, static_argnames="num_iterations")(
+  w = np.asarray(jax.jit(on_views(weights.quadratic_ot), static_argnames="num_iterations")(
       z1, z2, gamma=0.01, num_iterations=100))
   _, mask = oracle_cost_and_mask(z1, z2)
   np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-5)
@@ -365,12 +374,12 @@ def test_ot_quadratic_weights_are_row_stochastic_and_sparse():
 def test_bad_arguments_raise_naming_the_argument(kwargs, match):
   z1, z2 = views()
   with pytest.raises(ValueError, match=match):
-    ot.coupling(z1, z2, **kwargs)
+    coupling(z1, z2, **kwargs)
 
 
 def test_single_image_batch_is_rejected():
   z1, z2 = views(b=1)
   with pytest.raises(ValueError, match="at least 2 images"):
-    negatives.ot(z1, z2, epsilon=0.5)
+    on_views(weights.ot)(z1, z2, epsilon=0.5)
   with pytest.raises(ValueError, match="gamma"):
-    negatives.ot_quadratic(*views(), gamma=-1.0)
+    on_views(weights.quadratic_ot)(*views(), gamma=-1.0)

@@ -6,7 +6,7 @@ against float64 oracles. Here, under `jax.shard_map` over 8 virtual CPU devices,
 device holds 1/8 of the batch, scores its local rows against all-gathered columns and
 differentiates the global mean; values and gradients must agree to 1e-5 relative. The
 cases are compiled in a few groups (one program each); the OT catalogue, every loss of
-`train.LOSSES` as the training loop builds it, the MLP and the data × model mesh are slow
+`objectives.PRESETS` as the training loop builds it, the MLP and the data × model mesh are slow
 tests (`pytest -m slow`).
 """
 from __future__ import annotations
@@ -21,9 +21,10 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from contrax import augment, models, negatives, parallel, train
+from contrax import augment, models, objectives, parallel, train, weights
 from contrax.losses import alpha_cl, barlow, curl
 from contrax.losses.infonce import infonce, ntxent, supervised_infonce
+from oracles import on_views
 
 DATA = parallel.DATA_AXIS
 N_DEV = 8
@@ -84,9 +85,9 @@ def weighted(weight_fn, **infonce_kwargs):
 
 
 def surrogate(alpha_fn):
-  """The α-CL surrogate with the importances of `alpha_fn(z1, z2, axis_name)`, as aux."""
+  """The α-CL surrogate with the constant importances of `alpha_fn(z1, z2, axis_name)`, as aux."""
   def loss(z1, z2, axis_name):
-    alpha = alpha_fn(z1, z2, axis_name)
+    alpha = jax.lax.stop_gradient(alpha_fn(z1, z2, axis_name))
     return alpha_cl.alpha_surrogate(z1, z2, alpha, axis_name=axis_name), alpha
   return pair_case(loss, aux="stacked")
 
@@ -151,11 +152,11 @@ def multiway_case(loss):
 
 
 def ot(**kwargs):
-  return lambda z1, z2, ax: negatives.ot(z1, z2, axis_name=ax, **kwargs)
+  return lambda z1, z2, ax: on_views(weights.ot)(z1, z2, axis_name=ax, **kwargs)
 
 
 CASES = {
-    # InfoNCE family (SPEC §1)
+    # InfoNCE family
     "ntxent": pair_case(lambda z1, z2, ax: ntxent(z1, z2, temperature=0.5, axis_name=ax)),
     "debiased": pair_case(lambda z1, z2, ax: infonce(z1, z2, temperature=0.5,
                                                              tau_plus=0.1, axis_name=ax)),
@@ -167,19 +168,19 @@ CASES = {
         z1, z2, temperature=0.5, tau_plus=0.1, implementation="tiled", tile_size=3,
         axis_name=ax)),
     # negative weightings, each used by InfoNCE with gradients through the weights
-    "uniform_weights": weighted(lambda z1, z2, ax: negatives.uniform(z1, z2, axis_name=ax)),
-    "hcl": weighted(lambda z1, z2, ax: negatives.hcl(z1, z2, beta=1.0, temperature=0.5,
+    "uniform_weights": weighted(lambda z1, z2, ax: on_views(weights.uniform)(z1, z2, axis_name=ax)),
+    "hcl": weighted(lambda z1, z2, ax: on_views(weights.hcl)(z1, z2, beta=1.0, temperature=0.5,
                                                      axis_name=ax), tau_plus=0.1),
-    "alpha_direct": weighted(lambda z1, z2, ax: negatives.alpha_direct(
+    "alpha_direct": weighted(lambda z1, z2, ax: on_views(weights.alpha_direct)(
         z1, z2, p=4.0, temperature=0.5, axis_name=ax)),
     "ot_balanced_stop": weighted(ot(epsilon=0.5, num_iterations=20), tau_plus=0.05),
     "ot_balanced_unroll": weighted(ot(epsilon=0.5, num_iterations=20, gradient="unroll")),
     "ot_semi_relaxed": weighted(ot(epsilon=0.5, marginals="semi_relaxed", gradient="unroll")),
     "ot_unbalanced": weighted(ot(epsilon=0.5, marginals="unbalanced", tau=0.8,
                                  num_iterations=20)),
-    "ot_quadratic": weighted(lambda z1, z2, ax: negatives.ot_quadratic(
+    "ot_quadratic": weighted(lambda z1, z2, ax: on_views(weights.quadratic_ot)(
         z1, z2, gamma=0.5, num_iterations=20, axis_name=ax)),
-    # α-CL (SPEC §6)
+    # α-CL
     "phi_psi_infonce": pair_case(lambda z1, z2, ax: alpha_cl.phi_psi_loss(
         z1, z2, alpha_cl.infonce_family(0.5), axis_name=ax)),
     "phi_psi_triplet": pair_case(lambda z1, z2, ax: alpha_cl.phi_psi_loss(
@@ -188,17 +189,17 @@ CASES = {
         z1, z2, alpha_cl.lifted_family(0.5), axis_name=ax)),
     "surrogate_infonce_alpha": surrogate(lambda z1, z2, ax: alpha_cl.infonce_alpha(
         z1, z2, temperature=0.5, axis_name=ax)),
-    "surrogate_entropy": surrogate(lambda z1, z2, ax: alpha_cl.entropy(
+    "surrogate_entropy": surrogate(lambda z1, z2, ax: on_views(weights.hcl)(
         z1, z2, temperature=0.5, axis_name=ax)),
-    "surrogate_sparsemax": surrogate(lambda z1, z2, ax: alpha_cl.sparsemax(
+    "surrogate_sparsemax": surrogate(lambda z1, z2, ax: on_views(weights.sparsemax)(
         z1, z2, temperature=0.5, axis_name=ax)),
-    "surrogate_inverse_power": surrogate(lambda z1, z2, ax: alpha_cl.inverse_power(
+    "surrogate_inverse_power": surrogate(lambda z1, z2, ax: on_views(weights.inverse_power)(
         z1, z2, power=2.0, axis_name=ax)),
     "alpha_cl_direct": pair_case(lambda z1, z2, ax: alpha_cl.alpha_cl_direct(
         z1, z2, p=4.0, eps_alpha=0.1, axis_name=ax)),
-    # Barlow Twins (SPEC §3)
+    # Barlow Twins
     "barlow_twins": barlow_case(),
-    # CURL (SPEC §2)
+    # CURL
     "curl_logistic": curl_case("logistic"),
     "curl_hinge": curl_case("hinge"),
     "curl_block": curl_case("logistic", block=True),
@@ -209,15 +210,14 @@ CASES = {
 
 
 def train_loss_case(name: str) -> Case:
-  """The loss `train.make_loss` builds for `--loss name` with the default hyper-parameters."""
-  config = train.default_config()
-  config.loss = name
-  loss = train.make_loss(config)
+  """The loss `objectives.make` builds for preset `name` with the default hyper-parameters."""
+  config = objectives.apply_preset(train.default_config(), name)
+  loss = objectives.make(config)
   return pair_case(lambda z1, z2, ax: loss(z1, z2, axis_name=ax))
 
 
-# Every loss the training loop offers, as it builds them (new entries are covered by name).
-CASES.update({f"train:{name}": train_loss_case(name) for name in train.LOSSES})
+# Every preset the training loop offers, as it builds them (new entries are covered by name).
+CASES.update({f"train:{name}": train_loss_case(name) for name in objectives.PRESETS})
 
 # Cases compiled together: one program per group (sharded, and single-device) keeps the
 # compile time down. test_ot.py checks the default OT weighting under shard_map on every run;
@@ -233,7 +233,7 @@ GROUPS = {
     "barlow_curl": ("barlow_twins", "curl_logistic", "curl_hinge", "curl_block",
                     "mean_classifier", "multiway_logistic", "multiway_hinge"),
 }
-GROUPS["train"] = tuple(f"train:{name}" for name in train.LOSSES)
+GROUPS["train"] = tuple(f"train:{name}" for name in objectives.PRESETS)
 SLOW_GROUPS = ("ot", "train")
 
 

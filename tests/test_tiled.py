@@ -1,4 +1,4 @@
-"""Tiled and ring InfoNCE (contrax.losses.tiled): exact against a float64 oracle of SPEC §1
+"""Tiled and ring InfoNCE (contrax.losses.tiled): exact against a float64 oracle of the loss
 and against the dense loss (value and gradients), on one device and on a ring of 8."""
 import math
 
@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from contrax import negatives
+from contrax import weights
 from contrax.losses import tiled
 from contrax.losses.infonce import infonce
+from oracles import on_views
 
 RTOL = 1e-5
 
 
 def oracle(z1, z2, *, temperature, tau_plus=0.0, beta=0.0, decoupled=False):
-  """SPEC §1 in float64 NumPy, written from the formula: pos, weighted neg, clamp, mean."""
+  """Weighted InfoNCE in float64 NumPy, written from the formula: pos, weighted neg, clamp,
+  mean."""
   z = np.concatenate([z1, z2]).astype(np.float64)
   z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
   m = z.shape[0]
@@ -39,11 +41,11 @@ def oracle(z1, z2, *, temperature, tau_plus=0.0, beta=0.0, decoupled=False):
 
 
 def dense(z1, z2, *, temperature, tau_plus=0.0, beta=0.0, decoupled=False, axis_name=None):
-  """The dense loss with the same variant; HCL weights built by `negatives.hcl` (no stop-grad)."""
-  weights = None
+  """The dense loss with the same variant; HCL weights by `weights.hcl` (no stop-gradient)."""
+  w = None
   if beta > 0:
-    weights = negatives.hcl(z1, z2, beta=beta, temperature=temperature, axis_name=axis_name)
-  return infonce(z1, z2, temperature=temperature, weights=weights, tau_plus=tau_plus,
+    w = on_views(weights.hcl)(z1, z2, beta=beta, temperature=temperature, axis_name=axis_name)
+  return infonce(z1, z2, temperature=temperature, weights=w, tau_plus=tau_plus,
                  decoupled=decoupled, axis_name=axis_name)
 
 
@@ -147,7 +149,7 @@ def test_infonce_switch_dispatches_and_rejects_what_tiling_cannot_do():
   want, want_grads = value_and_grads(lambda a, c: infonce(a, c, **kw), z1, z2)
   np.testing.assert_allclose(value, want, rtol=RTOL)
   assert_grads_close(grads, want_grads)
-  w = negatives.uniform(z1, z2)
+  w = on_views(weights.uniform)(z1, z2)
   with pytest.raises(ValueError, match="weights"):
     infonce(z1, z2, weights=w, implementation="tiled")
   with pytest.raises(ValueError, match="queue"):

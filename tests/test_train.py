@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from contrax import train
+from contrax import objectives, train
 from contrax.train import TrainState
 
 
@@ -20,8 +20,12 @@ def tiny_config(**overrides):
   c.num_devices = 1
   c.progress = False
   c.knn_k = 20
-  for k, v in overrides.items():
-    c[k] = v
+  for k, v in overrides.items():  # dotted keys reach the nested loss and weighting
+    *parents, last = k.split(".")
+    target = c
+    for key in parents:
+      target = target[key]
+    target[last] = v
   return c
 
 
@@ -35,12 +39,12 @@ def restored_state(workdir):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("loss", "nope", "unknown loss 'nope'"),
+    ("loss.name", "nope", "unknown loss.name 'nope'"),
     ("model", "vgg", "unknown model 'vgg'"),
     ("augmentation", "fancy", "fancy"),
     ("data", "imagenet", "unknown data source 'imagenet'"),
-    ("temperature", 0.0, "temperature must be"),
-    ("temperature", -1.0, "temperature must be"),
+    ("loss.temperature", 0.0, "loss.temperature must be"),
+    ("loss.temperature", -1.0, "loss.temperature must be"),
     ("learning_rate", 0.0, "learning_rate must be"),
     ("num_devices", 9, "num_devices must be"),
     ("batch_size", 12, "not divisible"),
@@ -124,14 +128,14 @@ def test_run_directory_contents(tmp_path):
 
 
 def poison_ntxent(monkeypatch):
-  """Make the 'ntxent' loss return NaN (its input is multiplied by NaN)."""
-  original = train.LOSSES["ntxent"]
+  """Make the objective return NaN (its input is multiplied by NaN)."""
+  original = objectives.make
 
   def poisoned(config):
     loss = original(config)
     return lambda z1, z2, *, axis_name=None: loss(z1 * jax.numpy.nan, z2, axis_name=axis_name)
 
-  monkeypatch.setitem(train.LOSSES, "ntxent", poisoned)
+  monkeypatch.setattr(objectives, "make", poisoned)
 
 
 def test_nonfinite_step_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
@@ -159,5 +163,6 @@ def test_pretrain_once_trains_once_and_refuses_a_stale_run(tmp_path, monkeypatch
 
   monkeypatch.setattr(train, "pretrain", no_training)
   assert train.pretrain_once(tiny_config(), str(tmp_path)) == first
-  with pytest.raises(ValueError, match=r"another config \(steps: 6 there, 7 here, temperature: "):
-    train.pretrain_once(tiny_config(steps=7, temperature=0.3), str(tmp_path))
+  with pytest.raises(ValueError, match=r"another config \(loss: .*'temperature': 0\.5.* there, "
+                                       r".*'temperature': 0\.3.* here, steps: 6 there, 7 here"):
+    train.pretrain_once(tiny_config(steps=7, **{"loss.temperature": 0.3}), str(tmp_path))

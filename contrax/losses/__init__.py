@@ -1,22 +1,26 @@
 """Contrastive losses: pure functions of embeddings returning a scalar.
 
-InfoNCE family (SPEC §1), CURL (§2), Barlow Twins and the paper forms of Huang et al. (§3),
-α-CL (§6). Submodules: `infonce`, `curl`, `barlow`, `alpha_cl`.
+InfoNCE family (`infonce`, dense, and `tiled`, memory-linear), CURL (`curl`), Barlow Twins and
+the paper forms of Huang et al. (`barlow`), α-CL (`alpha_cl`). Pairwise losses read the batch
+geometry `contrax.pairs.Pairs` (`infonce_pairs`, `alpha_surrogate_pairs`, ...); the
+`(z1, z2, ...)` functions build it for you. Negative weightings are in `contrax.weights`.
 """
-from contrax.losses import alpha_cl, barlow, curl
+from contrax.losses import alpha_cl, barlow, curl, tiled
 from contrax.losses.alpha_cl import (PhiPsi, alpha_cl_direct, alpha_from_phi_psi,
-                                     alpha_surrogate, entropy, infonce_alpha, infonce_family,
-                                     inverse_power, lifted_family, mine_family, phi_psi_loss,
-                                     sparsemax, triplet_family)
+                                     alpha_from_phi_psi_pairs, alpha_surrogate,
+                                     alpha_surrogate_pairs, infonce_alpha, infonce_family,
+                                     lifted_family, mine_family, phi_psi_loss,
+                                     phi_psi_loss_pairs, triplet_family)
 from contrax.losses.barlow import (alignment, barlow_twins, cross_correlation,
                                    cross_correlation_loss, paper_infonce_one_negative)
 from contrax.losses.curl import (curl_block_scores, curl_loss, curl_scores, hinge_loss,
                                  logistic_loss, mean_classifier, supervised_multiway_loss)
-from contrax.losses.infonce import infonce, ntxent, supervised_infonce
+from contrax.losses.infonce import infonce, infonce_pairs, ntxent, supervised_infonce
+from contrax.losses.tiled import tiled_infonce
 
 __all__ = [
     # InfoNCE family
-    "infonce", "ntxent", "supervised_infonce",
+    "infonce", "infonce_pairs", "ntxent", "supervised_infonce", "tiled_infonce",
     # CURL
     "curl_scores", "curl_block_scores", "logistic_loss", "hinge_loss", "curl_loss",
     "mean_classifier", "supervised_multiway_loss",
@@ -25,8 +29,8 @@ __all__ = [
     "alignment",
     # α-CL
     "PhiPsi", "infonce_family", "mine_family", "triplet_family", "lifted_family",
-    "phi_psi_loss", "alpha_from_phi_psi", "alpha_surrogate", "alpha_cl_direct",
-    "infonce_alpha", "entropy", "sparsemax", "inverse_power",
+    "phi_psi_loss", "phi_psi_loss_pairs", "alpha_from_phi_psi", "alpha_from_phi_psi_pairs",
+    "alpha_surrogate", "alpha_surrogate_pairs", "alpha_cl_direct", "infonce_alpha",
     # submodules
-    "alpha_cl", "barlow", "curl",
+    "alpha_cl", "barlow", "curl", "tiled",
 ]

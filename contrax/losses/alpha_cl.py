@@ -1,23 +1,26 @@
-"""α-CL: contrastive learning as coordinate-wise optimisation (Tian 2022, SPEC §6).
+"""α-CL: contrastive learning as coordinate-wise optimisation (Tian 2022).
 
 Tian, *Understanding Deep Contrastive Learning via Coordinate-wise Optimization*,
 NeurIPS 2022 (arXiv 2201.12680) [P004].
 
-On the stacked batch (SPEC §0: 2B rows, row i's positive p(i), N = 2B - 2 negatives) with
-half squared distances `d²_ij = 1 - s_ij` of L2-normalised rows and `d²_i = d²_{i,p(i)}`:
+On the stacked batch (2B rows `[z1; z2]`, row i's positive p(i) = (i + B) mod 2B, N = 2B - 2
+negatives) with half squared distances `d²_ij = 1 - s_ij` of L2-normalised rows and
+`d²_i = d²_{i,p(i)}`:
 
     L_{φ,ψ} = mean_i φ(ξ_i),     ξ_i = Σ_{j negative of i} ψ(d²_i - d²_ij)
     α_ij    = φ'(ξ_i) ψ'(d²_i - d²_ij)  >= 0                 (pairwise importance)
     ∇_θ L_{φ,ψ} = ∇_θ mean_i Σ_j sg(α_ij) (d²_i - d²_ij)       (the α-CL surrogate)
 
-Normalisation: SPEC writes `Σ_i`; contrax uses the *mean* over the 2B (global) rows on both
-sides, like every other loss here, so `phi_psi_loss` with the InfoNCE preset (ε = 1) is
+Normalisation: the paper writes `Σ_i`; contrax uses the *mean* over the 2B (global) rows on
+both sides, like every other loss here, so `phi_psi_loss` with the InfoNCE preset (ε = 1) is
 exactly `temperature × ntxent`, and the identity above holds with the same mean.
 
-α constructors return `[2b, 2B]` arrays (local anchors × global stacked columns, zero on
-self and positive): `infonce_alpha`, `entropy`, `sparsemax`, `inverse_power`, and
-`contrax.negatives.alpha_direct`. Gradients flow through them (except `alpha_direct`, which
-the paper defines on detached distances); `alpha_surrogate` stops them explicitly.
+The min players' closed forms α (entropy, α-CL-direct, inverse power, sparsemax) are
+negative weightings and live in `contrax.weights` (`hcl(beta=1)` is the entropy player,
+`alpha_direct`, `inverse_power`, `sparsemax`); `infonce_alpha` and `alpha_from_phi_psi` here
+give the α of a φ/ψ loss. `sg` (stop-gradient) is the caller's explicit choice:
+`alpha_surrogate_pairs` differentiates whatever α it is given, and the official α-CL code
+computes α from detached embeddings, i.e. `jax.lax.stop_gradient(alpha)`.
 """
 from __future__ import annotations
 
@@ -29,9 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from contrax import _checks
-from contrax import negatives
-from contrax.losses import _layout
-from contrax.losses.infonce import NEG_INF, check_temperature
+from contrax import pairs as pairs_lib
+from contrax import weights
+from contrax._numerics import NEG_INF
+from contrax.pairs import Pairs
 
 
 class PhiPsi(NamedTuple):
@@ -54,7 +58,7 @@ class PhiPsi(NamedTuple):
 def infonce_family(temperature: float = 0.5, eps: float = 1.0) -> PhiPsi:
   """InfoNCE: `φ(x) = t log(ε + x)`, `ψ(x) = e^{x/t}`. ε = 1 is `t × ntxent`; ε = 0 drops
   the positive from the denominator (`t × infonce(..., decoupled=True)`)."""
-  t = check_temperature(temperature)
+  t = _checks.check_temperature(temperature)
   eps = _checks.non_negative("eps", eps)
   if eps > 0:
     log_eps = math.log(eps)
@@ -94,13 +98,17 @@ def _family(phi, psi) -> PhiPsi:
   return PhiPsi(phi, psi)
 
 
-def _margins(z1, z2, axis_name):
-  """The stacked layout and `x_ij = d²_i - d²_ij` (`[2b, 2B]`)."""
-  pairs = _layout.stacked_pairs(z1, z2, axis_name=axis_name)
+def _margins(pairs: Pairs) -> jax.Array:
+  """`x_ij = d²_i - d²_ij = s_ij - s_{i,p(i)}` (`[2b, 2B]`) of the geometry `pairs`."""
   if pairs.num_negatives < 1:
     raise ValueError("α-CL needs at least one negative: a global batch of >= 2 images")
-  d2, d2_pos = _layout.half_sq_distances(pairs)
-  return pairs, d2, d2_pos[:, None] - d2
+  return pairs.sims - pairs.pos_sims[:, None]
+
+
+def _build(z1, z2, axis_name) -> Pairs:
+  pairs_lib.check_finite("z1", z1)
+  pairs_lib.check_finite("z2", z2)
+  return pairs_lib.build(z1, z2, axis_name=axis_name)
 
 
 def _derivative(f: Callable, x: jax.Array) -> jax.Array:
@@ -116,15 +124,20 @@ def phi_psi_loss(z1: jax.Array, z2: jax.Array, phi, psi=None, *,
     z1, z2: `[b, D]` views (L2-normalised here).
     phi, psi: elementwise callables, or `phi` a `PhiPsi` preset and `psi` None.
   """
+  return phi_psi_loss_pairs(_build(z1, z2, axis_name), phi, psi)
+
+
+def phi_psi_loss_pairs(pairs: Pairs, phi, psi=None) -> jax.Array:
+  """`phi_psi_loss` of the geometry `pairs` (normalised rows)."""
   family = _family(phi, psi)
-  pairs, _, x = _margins(z1, z2, axis_name)
+  x = _margins(pairs)
   neg = pairs.negative_mask
   if family.has_log_form:
     log_xi = jax.nn.logsumexp(jnp.where(neg, family.log_psi(x), NEG_INF), axis=1)
     per_row = family.phi_of_log(log_xi)
   else:
     per_row = family.phi(jnp.sum(jnp.where(neg, family.psi(x), 0.0), axis=1))
-  return _layout.global_mean(per_row, pairs.num_global_rows, axis_name)
+  return pairs.global_mean(per_row)
 
 
 def alpha_from_phi_psi(z1: jax.Array, z2: jax.Array, phi, psi=None, *,
@@ -134,8 +147,13 @@ def alpha_from_phi_psi(z1: jax.Array, z2: jax.Array, phi, psi=None, *,
   With a log form, `α_ij = g'(log ξ_i) · exp(log ψ(x_ij) - log ξ_i) · (log ψ)'(x_ij)`, g = φ∘exp
   (the same number, without overflow). Returns `[2b, 2B]`, zero off the negatives.
   """
+  return alpha_from_phi_psi_pairs(_build(z1, z2, axis_name), phi, psi)
+
+
+def alpha_from_phi_psi_pairs(pairs: Pairs, phi, psi=None) -> jax.Array:
+  """`alpha_from_phi_psi` of the geometry `pairs` (normalised rows)."""
   family = _family(phi, psi)
-  pairs, _, x = _margins(z1, z2, axis_name)
+  x = _margins(pairs)
   neg = pairs.negative_mask
   if family.has_log_form:
     log_psi = jnp.where(neg, family.log_psi(x), NEG_INF)
@@ -152,69 +170,17 @@ def alpha_from_phi_psi(z1: jax.Array, z2: jax.Array, phi, psi=None, *,
 def infonce_alpha(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5, eps: float = 1.0,
                   axis_name: Optional[str] = None) -> jax.Array:
   """InfoNCE's α (closed form): `α_ij = e^{-d²_ij/t} / (ε e^{-d²_i/t} + Σ_k e^{-d²_ik/t})`."""
-  t = check_temperature(temperature)
+  t = _checks.check_temperature(temperature)
   eps = _checks.non_negative("eps", eps)
-  pairs, d2, _ = _margins(z1, z2, axis_name)
-  d2_pos = jnp.sum(jnp.where(pairs.pos_mask, d2, 0.0), axis=1, keepdims=True)
+  pairs = _build(z1, z2, axis_name)
+  _margins(pairs)
+  d2 = 1.0 - pairs.sims
+  d2_pos = 1.0 - pairs.pos_sims[:, None]
   scores = jnp.where(pairs.negative_mask, -d2 / t, NEG_INF)
   log_norm = jax.nn.logsumexp(scores, axis=1, keepdims=True)
   if eps > 0:
     log_norm = jnp.logaddexp(log_norm, math.log(eps) - d2_pos / t)
   return jnp.exp(scores - log_norm)
-
-
-def entropy(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5,
-            axis_name: Optional[str] = None) -> jax.Array:
-  """Entropy-regularised min player: `α_ij = softmax_j(-d²_ij / t)` over the negatives."""
-  t = check_temperature(temperature)
-  pairs, d2, _ = _margins(z1, z2, axis_name)
-  return negatives.masked_softmax(-d2 / t, pairs.negative_mask)
-
-
-def inverse_power(z1: jax.Array, z2: jax.Array, *, power: float = 1.0, offset: float = 1.0,
-                  axis_name: Optional[str] = None) -> jax.Array:
-  """Concave-power regulariser: `α_ij ∝ (d²_ij + t')^{-k}`, rows normalised to 1.
-
-  Args:
-    power: k > 0. offset: t' > 0.
-  """
-  k = _checks.positive("power", power)
-  offset = _checks.positive("offset", offset)
-  pairs, d2, _ = _margins(z1, z2, axis_name)
-  return negatives.masked_softmax(-k * jnp.log(jnp.maximum(d2, 0.0) + offset),
-                                  pairs.negative_mask)
-
-
-def sparsemax_rows(scores: jax.Array, mask: jax.Array) -> jax.Array:
-  """Row-wise sparsemax (Martins & Astudillo 2016) of `scores` over the True entries of `mask`.
-
-  The Euclidean projection of each row onto the simplex: `α = [s - τ]₊` with τ chosen so that
-  the row sums to 1. With the masked entries sorted in decreasing order `s_(1) >= s_(2) >= …`,
-  the support size is `K = max{k : 1 + k s_(k) > Σ_{j<=k} s_(j)}` (k counts from 1; using
-  0-based k here is the official α-CL code's off-by-one) and `τ = (Σ_{j<=K} s_(j) - 1) / K`.
-  Rows are non-negative and sum to 1 up to rounding; zero outside `mask`.
-  """
-  masked = jnp.where(mask, scores, NEG_INF)
-  row_max = jnp.max(masked, axis=1, keepdims=True)
-  shifted = masked - jnp.where(jnp.isfinite(row_max), row_max, 0.0)  # sparsemax is shift-invariant
-  desc = -jnp.sort(-shifted, axis=1)
-  k = jnp.arange(1, scores.shape[1] + 1, dtype=scores.dtype)
-  in_support = 1.0 + k * desc > jnp.cumsum(desc, axis=1)
-  support_size = jnp.maximum(jnp.sum(in_support, axis=1, keepdims=True), 1)
-  tau = (jnp.sum(jnp.where(in_support, desc, 0.0), axis=1, keepdims=True) - 1.0) / support_size
-  return jnp.where(mask, jax.nn.relu(shifted - tau), 0.0)
-
-
-def sparsemax(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5,
-              axis_name: Optional[str] = None) -> jax.Array:
-  """Quadratic-regularised min player: `α_i = sparsemax_j(-d²_ij / t)` over the negatives.
-
-  Keeps the negatives closest to the anchor (smallest d²), gives the rest exactly zero; rows
-  sum to 1 (unlike the official code, whose rows sum to 1.06 at t = 0.5).
-  """
-  t = check_temperature(temperature)
-  pairs, d2, _ = _margins(z1, z2, axis_name)
-  return sparsemax_rows(-d2 / t, pairs.negative_mask)
 
 
 def _check_alpha(alpha, shape) -> None:
@@ -228,30 +194,39 @@ def _check_alpha(alpha, shape) -> None:
     raise ValueError("alpha must be finite and non-negative")
 
 
-def alpha_surrogate(z1: jax.Array, z2: jax.Array, alpha: jax.Array, *,
-                    axis_name: Optional[str] = None) -> jax.Array:
-  """The α-CL surrogate `mean_i Σ_j sg(α_ij) (d²_i - d²_ij)` (sum over each row's negatives).
+def alpha_surrogate_pairs(pairs: Pairs, alpha: jax.Array) -> jax.Array:
+  """The α-CL surrogate `mean_i Σ_j α_ij (d²_i - d²_ij)` (sum over each row's negatives) of
+  the geometry `pairs`.
 
-  Its gradient is the gradient of `L_{φ,ψ}` when α is `alpha_from_phi_psi` (module docstring);
-  e.g. with `infonce_alpha(t, eps=1)` it is the gradient of `t × ntxent`. α is treated as a
-  constant (`jax.lax.stop_gradient`), as the min player's output.
+  With a constant α (`jax.lax.stop_gradient(alpha)`, as the official α-CL code computes it
+  from detached embeddings) its gradient is the gradient of `L_{φ,ψ}` when α is
+  `alpha_from_phi_psi` (module docstring); e.g. with `infonce_alpha(t, eps=1)` it is the
+  gradient of `t × ntxent`. A differentiable α adds the term `Σ_j (∇α_ij) x_ij`.
 
   Args:
     alpha: `[2b, 2B]` non-negative importances; entries on self/positive columns are ignored.
   """
-  pairs, _, x = _margins(z1, z2, axis_name)
+  x = _margins(pairs)
   _check_alpha(alpha, x.shape)
-  alpha = jax.lax.stop_gradient(alpha)
   per_row = jnp.sum(jnp.where(pairs.negative_mask, alpha * x, 0.0), axis=1)
-  return _layout.global_mean(per_row, pairs.num_global_rows, axis_name)
+  return pairs.global_mean(per_row)
+
+
+def alpha_surrogate(z1: jax.Array, z2: jax.Array, alpha: jax.Array, *,
+                    axis_name: Optional[str] = None) -> jax.Array:
+  """`alpha_surrogate_pairs` of views `z1, z2` (`[b, D]`, L2-normalised here); `alpha` is
+  used as given (apply `jax.lax.stop_gradient` for the α-CL gradient)."""
+  return alpha_surrogate_pairs(_build(z1, z2, axis_name), alpha)
 
 
 def alpha_cl_direct(z1: jax.Array, z2: jax.Array, *, p: float = 4.0, eps_alpha: float = 0.0,
-                    temperature: float = 0.5, axis_name: Optional[str] = None) -> jax.Array:
-  """α-CL-direct, the paper's new loss: `alpha_surrogate` with `negatives.alpha_direct` weights.
+                    temperature=0.5, axis_name: Optional[str] = None) -> jax.Array:
+  """α-CL-direct, the paper's new loss: `alpha_surrogate` with constant
+  `contrax.weights.alpha_direct` weights, `jax.lax.stop_gradient`-ed here as the paper and
+  its official code prescribe (α is the min player's closed form).
 
   p = 2, ε_α = 0 has exactly the gradient of `t × infonce(..., decoupled=True)`.
   """
-  alpha = negatives.alpha_direct(z1, z2, p=p, eps_alpha=eps_alpha, temperature=temperature,
-                                 axis_name=axis_name)
-  return alpha_surrogate(z1, z2, alpha, axis_name=axis_name)
+  pairs = _build(z1, z2, axis_name)
+  alpha = weights.alpha_direct(pairs, p=p, eps_alpha=eps_alpha, temperature=temperature)
+  return alpha_surrogate_pairs(pairs, jax.lax.stop_gradient(alpha))

@@ -1,4 +1,4 @@
-"""CURL: contrastive losses with k negatives and the mean-classifier loss (SPEC §2).
+"""CURL: contrastive losses with k negatives and the mean-classifier loss (Arora et al. 2019).
 
 Arora, Khandeparkar, Khodak, Plevrakis, Saunshi, *A Theoretical Analysis of Contrastive
 Unsupervised Representation Learning*, ICML 2019 (arXiv 1902.09229), as used by Merad, Yu,
@@ -250,7 +250,7 @@ def mean_classifier(features: jax.Array, labels: jax.Array, num_classes: int, *,
 def supervised_multiway_loss(features: jax.Array, labels: jax.Array, task_classes: jax.Array,
                              mu: jax.Array, *, loss: str = "logistic", base: float = 2.0,
                              axis_name: Optional[str] = None) -> jax.Array:
-  """The (k+1)-way mean-classifier loss L^μ_sup(T, f) of Arora et al. (SPEC §2).
+  """The (k+1)-way mean-classifier loss L^μ_sup(T, f) of Arora et al. (2019).
 
   For a task `T = {c_1..c_{k+1}}` (distinct classes) and a sample x of class c ∈ T the
   margins are those of the linear classifier `W f(x)` with rows `μ_c`:

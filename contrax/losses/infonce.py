@@ -1,4 +1,4 @@
-"""The InfoNCE family with weighted negatives (SPEC §1): one general form, many losses.
+"""The InfoNCE family with weighted negatives: one general form, many losses.
 
 For anchor i with positive p(i), negative weights `w_ij >= 0` summing to 1 over the
 N = 2B - 2 negatives (plus Q external columns when a queue is given), and debiasing
@@ -13,11 +13,13 @@ prior `tau_plus` in [0, 1):
 Everything is computed in log space with masks (no gathers, no `e^{1/t}`), so the loss and
 its gradient are finite at every temperature and for every finite input, zero vectors
 included. Special cases: uniform weights and tau_plus = 0 give SimCLR's NT-Xent (Chen et
-al. 2020); tau_plus > 0 gives Debiased CL (Chuang et al. 2020); `negatives.hcl` weights give
-HCL (Robinson et al. 2021); `negatives.ot` weights give HCL-OT (Jiang et al. 2023).
+al. 2020); tau_plus > 0 gives Debiased CL (Chuang et al. 2020); `contrax.weights.hcl`
+weights give HCL (Robinson et al. 2021); `contrax.weights.ot` weights give HCL-OT (Jiang et
+al. 2023).
 
-With `axis_name` (inside `shard_map`), each device scores its local rows against the
-all-gathered global columns and the returned value is the global mean, identical on every
+`infonce_pairs` reads the batch geometry (`contrax.pairs.Pairs`: local rows × all-gathered
+global columns, similarities computed once); `infonce(z1, z2, ...)` builds it for you. With
+`axis_name` (inside `shard_map`) the returned value is the global mean, identical on every
 device and equal to the single-device loss on the concatenated batch.
 """
 from __future__ import annotations
@@ -31,58 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from contrax import _checks
-from contrax.losses import _layout
-
-NEG_INF = -jnp.inf
-
-
-def check_temperature(temperature: float) -> float:
-  return _checks.positive("temperature", temperature)
-
-
-def check_tau_plus(tau_plus: float) -> float:
-  return _checks.in_range("tau_plus", tau_plus, 0.0, 1.0)
-
-
-def safe_log(x: jax.Array) -> jax.Array:
-  """log(x) with log(0) = -inf and a zero (not NaN) gradient at x = 0."""
-  positive = x > 0
-  return jnp.where(positive, jnp.log(jnp.where(positive, x, 1.0)), NEG_INF)
-
-
-def check_weights(weights, shape, negative_mask) -> None:
-  """Eager check that concrete weights have `shape` and are row-stochastic over negatives.
-
-  Traced weights (inside jit) are checked for shape only.
-  """
-  if tuple(np.shape(weights)) != tuple(shape):
-    raise ValueError(f"weights must have shape {tuple(shape)} (local rows x global columns), "
-                     f"got {np.shape(weights)}")
-  if isinstance(weights, jax.core.Tracer) or isinstance(negative_mask, jax.core.Tracer):
-    return
-  w = np.asarray(weights, np.float64)
-  if not np.all(np.isfinite(w)) or np.any(w < 0):
-    raise ValueError("weights must be finite and non-negative")
-  sums = np.sum(np.where(np.asarray(negative_mask), w, 0.0), axis=1)
-  if np.any(np.abs(sums - 1.0) > 1e-3):
-    worst = int(np.argmax(np.abs(sums - 1.0)))
-    raise ValueError("weights must be row-stochastic over each anchor's negatives (rows sum to "
-                     f"1, self and positive columns excluded); row {worst} sums to {sums[worst]:.6g}")
-
-
-def debiased_log_negatives(log_neg: jax.Array, log_pos: jax.Array, tau_plus: float,
-                           num_negatives: int, temperature: float) -> jax.Array:
-  """log Ng of SPEC §1: the debiased negative term with its clamp at N·exp(-1/t)."""
-  log_floor = math.log(num_negatives) - 1.0 / temperature
-  if tau_plus == 0.0:
-    return log_neg
-  # (neg - tau N pos) / (1 - tau) = neg (1 - r) / (1 - tau), r = tau N pos / neg.
-  log_r = math.log(tau_plus * num_negatives) + log_pos - log_neg
-  keep = log_r < 0
-  one_minus_r = -jnp.expm1(jnp.where(keep, log_r, -1.0))
-  log_diff = log_neg + jnp.log(one_minus_r) - math.log1p(-tau_plus)
-  return jnp.maximum(jnp.where(keep, log_diff, NEG_INF), log_floor)
-
+from contrax import pairs as pairs_lib
+from contrax._numerics import NEG_INF, safe_log
+from contrax.losses import tiled
+from contrax.losses._common import check_weights, debiased_log_negatives
 
 # Above this temperature every exp((s - 1)/t), |s| <= 1, is a normal float32 (>= e^-80), so
 # one constant shift 1/t replaces the per-row max of the log-sum-exp (see _stacked_ntxent).
@@ -160,23 +114,80 @@ def _stacked_ntxent_jvp(temperature, decoupled, primals, tangents):
   return jnp.mean(per_row), jnp.sum(gradient() * z_dot)
 
 
-def infonce(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5,
+def infonce_pairs(pairs: pairs_lib.Pairs, *, temperature=0.5,
+                  weights: Optional[jax.Array] = None, tau_plus: float = 0.0,
+                  decoupled: bool = False, queue: Optional[jax.Array] = None) -> jax.Array:
+  """Weighted-negative InfoNCE (module docstring) of the geometry `pairs`; returns a scalar.
+
+  Args:
+    pairs: the batch geometry (`contrax.pairs.build`; normalised rows for the usual loss).
+    temperature: t > 0 (a number, or a traced scalar, e.g. a learnable temperature).
+    weights: optional `[2b, 2B (+Q)]` negative weights (`contrax.weights`), rows summing to 1
+      over each anchor's negatives; None means uniform (1/N). Self and positive columns are
+      ignored. Gradients flow through the weights unless the caller applies
+      `jax.lax.stop_gradient` (HCL's official code differentiates through them; HCL-OT's
+      treats them as constants).
+    tau_plus: debiasing class prior in [0, 1) (Chuang et al. 2020); 0 disables the clamp.
+    decoupled: drop the positive from the denominator (Yeh et al. 2022).
+    queue: optional `[Q, D]` external negatives (memory bank, MoCo-style); they are
+      L2-normalised, carry no gradient and count as Q extra negatives of every anchor.
+  """
+  t = _checks.check_temperature(temperature)
+  tau = _checks.check_tau_plus(tau_plus)
+  concrete_t = not isinstance(t, jax.core.Tracer)
+  if (weights is None and queue is None and tau == 0.0 and pairs.axis_name is None
+      and concrete_t):
+    if pairs.num_negatives < 1:
+      raise ValueError("InfoNCE needs at least one negative: use a global batch of >= 2 images "
+                       "or a queue")
+    return _stacked_ntxent(pairs.rows, t, bool(decoupled))
+  sims, negative_mask, pos_mask = pairs.sims, pairs.negative_mask, pairs.pos_mask
+  num_neg = pairs.num_negatives
+  if queue is not None:
+    _checks.rank("queue", queue, 2)
+    if queue.shape[1] != pairs.rows.shape[1]:
+      raise ValueError(f"queue must have {pairs.rows.shape[1]} columns like z1, got shape "
+                       f"{queue.shape}")
+    bank = jax.lax.stop_gradient(pairs_lib.l2_normalize(queue))
+    sims = jnp.concatenate([sims, pairs.rows @ bank.T], axis=1)
+    extra = jnp.ones((negative_mask.shape[0], queue.shape[0]), bool)
+    negative_mask = jnp.concatenate([negative_mask, extra], axis=1)
+    pos_mask = jnp.concatenate([pos_mask, jnp.zeros_like(extra)], axis=1)
+    num_neg += queue.shape[0]
+  if num_neg < 1:
+    raise ValueError("InfoNCE needs at least one negative: use a global batch of >= 2 images "
+                     "or a queue")
+  logits = sims / t
+  log_pos = jnp.sum(jnp.where(pos_mask, logits, 0.0), axis=1)
+  if weights is None:
+    log_neg = jax.nn.logsumexp(jnp.where(negative_mask, logits, NEG_INF), axis=1)
+  else:
+    check_weights(weights, logits.shape, negative_mask)
+    scores = jnp.where(negative_mask, logits + safe_log(weights), NEG_INF)
+    log_neg = math.log(num_neg) + jax.nn.logsumexp(scores, axis=1)
+  log_ng = debiased_log_negatives(log_neg, log_pos, tau, num_neg, t)
+  if decoupled:
+    per_row = log_ng - log_pos
+  else:
+    # log(1 + Ng/pos), not logaddexp(log_pos, log_ng) - log_pos: keeps relative precision
+    # when the loss is tiny (e.g. clamped Ng at small t), where the difference rounds to 0.
+    per_row = jax.nn.softplus(log_ng - log_pos)
+  return pairs.global_mean(per_row)
+
+
+def infonce(z1: jax.Array, z2: jax.Array, *, temperature=0.5,
             weights: Optional[jax.Array] = None, tau_plus: float = 0.0,
             decoupled: bool = False, queue: Optional[jax.Array] = None,
             axis_name: Optional[str] = None, implementation: str = "dense",
             tile_size: Optional[int] = None) -> jax.Array:
-  """Weighted-negative InfoNCE (SPEC §1) on two views; returns a scalar.
+  """Weighted-negative InfoNCE (module docstring) on two views; returns a scalar.
+
+  `infonce_pairs(contrax.pairs.build(z1, z2, axis_name=axis_name), ...)`, or the tiled loss.
 
   Args:
-    z1, z2: `[b, D]` embeddings of the two views (L2-normalised here).
-    temperature: t > 0.
-    weights: optional `[2b, 2B (+Q)]` negative weights, rows summing to 1 over each anchor's
-      negatives; None means uniform (1/N). Self and positive columns are ignored. Gradients
-      flow through the weights unless the caller applies `jax.lax.stop_gradient`.
-    tau_plus: debiasing class prior in [0, 1) (Chuang et al. 2020); 0 disables the clamp.
-    decoupled: drop the positive from the denominator (Yeh et al. 2022).
-    queue: optional `[Q, D]` external negatives (memory bank, MoCo-style); they carry no
-      gradient and count as Q extra negatives of every anchor.
+    z1, z2: `[b, D]` embeddings of the two views (L2-normalised here). Concrete inputs with a
+      NaN or inf raise ValueError (traced ones are not inspected).
+    temperature, weights, tau_plus, decoupled, queue: as in `infonce_pairs`.
     axis_name: data axis for global negatives under `shard_map`.
     implementation: "dense" builds the `[2b, 2B]` similarity slab; "tiled" computes the same
       loss and gradients in `tile_size`-square tiles with memory linear in the batch, and
@@ -191,67 +202,24 @@ def infonce(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5,
     True
   """
   _checks.choice("implementation", implementation, ("dense", "tiled"))
+  pairs_lib.check_finite("z1", z1)
+  pairs_lib.check_finite("z2", z2)
   if implementation == "tiled":
-    return _tiled_infonce(z1, z2, temperature=temperature, weights=weights, tau_plus=tau_plus,
-                          decoupled=decoupled, queue=queue, axis_name=axis_name,
-                          tile_size=tile_size)
+    if weights is not None:
+      raise ValueError("implementation='tiled' takes no weights matrix (it is the [2b, 2B] slab "
+                       "that tiling avoids); use weights=None (uniform), or for HCL weights "
+                       "contrax.losses.tiled.tiled_infonce(..., beta=...)")
+    if queue is not None:
+      raise ValueError("implementation='tiled' does not support queue; use implementation='dense'")
+    extra = {} if tile_size is None else {"tile_size": tile_size}
+    return tiled.tiled_infonce(z1, z2, temperature=temperature, tau_plus=tau_plus,
+                               decoupled=decoupled, axis_name=axis_name, **extra)
   if tile_size is not None:
-    raise ValueError(f"tile_size applies to implementation='tiled' only, got tile_size={tile_size!r}"
-                     " with implementation='dense'")
-  t = check_temperature(temperature)
-  tau = check_tau_plus(tau_plus)
-  pairs = _layout.stacked_pairs(z1, z2, axis_name=axis_name)
-  if weights is None and queue is None and tau == 0.0 and axis_name is None:
-    if pairs.num_negatives < 1:
-      raise ValueError("InfoNCE needs at least one negative: use a global batch of >= 2 images "
-                       "or a queue")
-    return _stacked_ntxent(pairs.rows, t, bool(decoupled))
-  cols, negative_mask = pairs.cols, pairs.negative_mask
-  num_neg = pairs.num_negatives
-  if queue is not None:
-    _checks.rank("queue", queue, 2)
-    if queue.shape[1] != z1.shape[1]:
-      raise ValueError(f"queue must have {z1.shape[1]} columns like z1, got shape {queue.shape}")
-    bank = jax.lax.stop_gradient(_layout.l2_normalize(queue))
-    cols = jnp.concatenate([cols, bank], axis=0)
-    extra = jnp.ones((negative_mask.shape[0], queue.shape[0]), bool)
-    negative_mask = jnp.concatenate([negative_mask, extra], axis=1)
-    num_neg += queue.shape[0]
-  if num_neg < 1:
-    raise ValueError("InfoNCE needs at least one negative: use a global batch of >= 2 images "
-                     "or a queue")
-  logits = pairs.rows @ cols.T / t
-  pos_cols = jnp.concatenate([pairs.pos_mask, jnp.zeros((pairs.pos_mask.shape[0], cols.shape[0]
-                                                         - pairs.num_global_rows), bool)], axis=1)
-  log_pos = jnp.sum(jnp.where(pos_cols, logits, 0.0), axis=1)
-  if weights is None:
-    log_neg = jax.nn.logsumexp(jnp.where(negative_mask, logits, NEG_INF), axis=1)
-  else:
-    check_weights(weights, logits.shape, negative_mask)
-    scores = jnp.where(negative_mask, logits + safe_log(weights), NEG_INF)
-    log_neg = math.log(num_neg) + jax.nn.logsumexp(scores, axis=1)
-  log_ng = debiased_log_negatives(log_neg, log_pos, tau, num_neg, t)
-  if decoupled:
-    per_row = log_ng - log_pos
-  else:
-    # log(1 + Ng/pos), not logaddexp(log_pos, log_ng) - log_pos: keeps relative precision
-    # when the loss is tiny (e.g. clamped Ng at small t), where the difference rounds to 0.
-    per_row = jax.nn.softplus(log_ng - log_pos)
-  return _layout.global_mean(per_row, pairs.num_global_rows, axis_name)
-
-
-def _tiled_infonce(z1, z2, *, weights, queue, tile_size, **kwargs):
-  """Dispatch of `infonce(..., implementation="tiled")` for the variants tiling supports."""
-  from contrax.losses import tiled  # imported here: tiled builds on this module
-  if weights is not None:
-    raise ValueError("implementation='tiled' takes no weights matrix (it is the [2b, 2B] slab that "
-                     "tiling avoids); use weights=None (uniform), or for HCL weights "
-                     "contrax.losses.tiled.tiled_infonce(..., beta=...)")
-  if queue is not None:
-    raise ValueError("implementation='tiled' does not support queue; use implementation='dense'")
-  if tile_size is not None:
-    kwargs["tile_size"] = tile_size
-  return tiled.tiled_infonce(z1, z2, **kwargs)
+    raise ValueError("tile_size applies to implementation='tiled' only, got "
+                     f"tile_size={tile_size!r} with implementation='dense'")
+  pairs = pairs_lib.build(z1, z2, axis_name=axis_name)
+  return infonce_pairs(pairs, temperature=temperature, weights=weights, tau_plus=tau_plus,
+                       decoupled=decoupled, queue=queue)
 
 
 def ntxent(z1, z2, *, temperature: float = 0.5, axis_name: Optional[str] = None):
@@ -273,21 +241,23 @@ def supervised_infonce(z1: jax.Array, z2: jax.Array, labels: jax.Array, *,
   Args:
     labels: `[b]` integer labels of the images (both views share them).
   """
-  t = check_temperature(temperature)
+  t = _checks.check_temperature(temperature)
   _checks.rank("labels", labels, 1)
   if labels.shape[0] != np.shape(z1)[0]:
     raise ValueError(f"labels must have shape ({np.shape(z1)[0]},) to match z1, got {labels.shape}")
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-  pairs = _layout.stacked_pairs(z1, z2, axis_name=axis_name)
-  global_labels = _layout.all_gather_rows(labels, axis_name)
+  pairs_lib.check_finite("z1", z1)
+  pairs_lib.check_finite("z2", z2)
+  pairs = pairs_lib.build(z1, z2, axis_name=axis_name)
+  global_labels = pairs_lib.all_gather_rows(labels, axis_name)
   col_labels = jnp.concatenate([global_labels, global_labels])
   row_labels = jnp.concatenate([labels, labels])
-  logits = pairs.rows @ pairs.cols.T / t
+  logits = pairs.sims / t
   not_self = ~pairs.self_mask
   log_denominator = jax.nn.logsumexp(jnp.where(not_self, logits, NEG_INF), axis=1)
   positive = (col_labels[None, :] == row_labels[:, None]) & not_self
   count = jnp.sum(positive, axis=1)
   mean_pos_logit = jnp.sum(jnp.where(positive, logits, 0.0), axis=1) / count
   per_row = log_denominator - mean_pos_logit
-  return _layout.global_mean(per_row, pairs.num_global_rows, axis_name)
+  return pairs.global_mean(per_row)

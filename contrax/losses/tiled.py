@@ -1,4 +1,5 @@
-"""Memory-efficient exact InfoNCE (SPEC §1): tiles on one device, a ring across devices.
+"""Memory-efficient exact InfoNCE (`contrax.losses.infonce`'s formula): tiles on one device, a
+ring across devices.
 
 The dense loss builds the `[2b, 2B]` similarity slab; at 2B = 262,144 embeddings that is
 256 GiB in float32. Here the same loss is computed block by block, never holding more than
@@ -7,7 +8,8 @@ arXiv 2410.17243):
 
 * Every quantity the InfoNCE family needs from the slab is a masked log-sum-exp over each
   anchor's negatives, `L_k(i) = log sum_{j neg of i} exp(c_k s_ij)` for one or two
-  scales `c_k` (1/t; or (1+beta)/t and beta/t). It is accumulated with an online (streaming) log-sum-exp over column tiles:
+  scales `c_k` (1/t; or (1+beta)/t and beta/t). It is accumulated with an online (streaming)
+  log-sum-exp over column tiles:
   a running maximum `m` and a running sum `S` rescaled as `S <- S e^{m - m'} + sum e^{x - m'}`.
 * The backward pass is a `jax.custom_vjp` that recomputes each tile instead of storing it:
   with cotangents `g_k(i)` of `L_k(i)` and `p_k(i, j) = exp(c_k s_ij - L_k(i))`,
@@ -45,9 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from contrax import _checks
-from contrax.losses import _layout
-from contrax.losses.infonce import NEG_INF, check_tau_plus, check_temperature, \
-  debiased_log_negatives
+from contrax import pairs as pairs_lib
+from contrax._numerics import NEG_INF
+from contrax.losses._common import debiased_log_negatives
 
 DEFAULT_TILE_SIZE = 2048
 
@@ -79,7 +81,8 @@ def _put(x: jax.Array, value: jax.Array, i: jax.Array) -> jax.Array:
 
 
 def _block_index(owner: jax.Array, b: int, big_b: int) -> jax.Array:
-  """Global stacked index of the rows `[z1_owner; z2_owner]` of device `owner` (SPEC §0)."""
+  """Global stacked index of the rows `[z1_owner; z2_owner]` of device `owner` (row k of the
+  global stack `[z1; z2]` is image k mod B, view k // B)."""
   k = jnp.arange(2 * b)
   return owner * b + k + jnp.where(k < b, 0, big_b - b)
 
@@ -322,7 +325,7 @@ def tiled_infonce(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5,
                   tau_plus: float = 0.0, beta: float = 0.0, decoupled: bool = False,
                   axis_name: Optional[str] = None,
                   tile_size: int = DEFAULT_TILE_SIZE) -> jax.Array:
-  """Exact InfoNCE (SPEC §1) with memory linear in the batch; returns a scalar.
+  """Exact InfoNCE with memory linear in the batch; returns a scalar.
 
   The same loss as `infonce` with uniform (`beta = 0`) or HCL (`beta > 0`) weights, with
   the negatives' log-sum-exp streamed over tiles (module docstring):
@@ -333,12 +336,14 @@ def tiled_infonce(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5,
       Ng_i = max((neg_i - tau_plus N pos_i) / (1 - tau_plus), N e^{-1/t})   (tau_plus > 0)
       l_i  = log(pos_i + Ng_i) - s_{i,p(i)}/t      (decoupled: log Ng_i - s_{i,p(i)}/t)
 
-  HCL's weights are differentiated (as `infonce(weights=negatives.hcl(...))` without a
-  stop-gradient, and as the HCL paper's code does).
+  HCL's weights are differentiated, as the official HCL code does: value and gradient equal
+  `infonce_pairs(pairs, weights=contrax.weights.hcl(pairs, beta=beta, temperature=t))`
+  without a stop-gradient.
 
   Args:
     z1, z2: `[b, D]` embeddings of the two views (L2-normalised here).
-    temperature: t > 0.
+    temperature: t > 0; may be traced (a learnable temperature): it enters as the scale
+      `1/sqrt(t)` of the embeddings, so the tiles' static plan holds only (1 + beta, beta).
     tau_plus: debiasing class prior in [0, 1) (Chuang et al. 2020, arXiv 2007.00224).
     beta: HCL hardness >= 0 (Robinson et al. 2021, arXiv 2010.04592); 0 is uniform.
     decoupled: drop the positive from the denominator (Yeh et al. 2022, arXiv 2110.06848).
@@ -352,20 +357,23 @@ def tiled_infonce(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5,
     >>> float(tiled_infonce(z1, z2, temperature=0.5, tile_size=3)) > 0
     True
   """
-  t = check_temperature(temperature)
-  tau = check_tau_plus(tau_plus)
+  t = _checks.check_temperature(temperature)
+  tau = _checks.check_tau_plus(tau_plus)
   beta = _checks.non_negative("beta", beta)
   tile = _checks.positive_int("tile_size", tile_size)
-  _layout.check_views(z1, z2)
+  pairs_lib.check_views(z1, z2)
+  pairs_lib.check_finite("z1", z1)
+  pairs_lib.check_finite("z2", z2)
   n_devices = 1 if axis_name is None else jax.lax.axis_size(axis_name)
   b = z1.shape[0]
   num_global_rows = 2 * b * n_devices
   num_neg = num_global_rows - 2
   if num_neg < 1:
     raise ValueError("InfoNCE needs at least one negative: use a global batch of >= 2 images")
-  z1n, z2n = _layout.l2_normalize(z1), _layout.l2_normalize(z2)
-  z = jnp.concatenate([z1n, z2n], axis=0)
-  scales = (1.0 / t,) if beta == 0.0 else ((1.0 + beta) / t, beta / t)
+  z1n, z2n = pairs_lib.l2_normalize(z1), pairs_lib.l2_normalize(z2)
+  # c s_ij / t = c (z_i / sqrt t) . (z_j / sqrt t): the temperature scales the embeddings.
+  z = jnp.concatenate([z1n, z2n], axis=0) * jax.lax.rsqrt(jnp.asarray(t, z1n.dtype))
+  scales = (1.0,) if beta == 0.0 else (1.0 + beta, beta)
   plan = _Plan(scales, axis_name, min(tile, 2 * b))
   lse = _negative_lse(plan, z)
   log_pos = jnp.tile(jnp.sum(z1n * z2n, axis=1) / t, 2)
@@ -375,4 +383,7 @@ def tiled_infonce(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.5,
     per_row = log_ng - log_pos
   else:
     per_row = jax.nn.softplus(log_ng - log_pos)  # log(1 + Ng/pos), as the dense loss
-  return _layout.global_mean(per_row, num_global_rows, axis_name)
+  total = jnp.sum(per_row)
+  if axis_name is not None:
+    total = jax.lax.psum(total, axis_name)
+  return total / num_global_rows
