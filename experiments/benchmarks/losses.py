@@ -55,7 +55,8 @@ lightly is met on one device (4.1x; 3.0x on 8 virtual devices, which share the s
 within 1.5x of the floor is not (3.4x; the floor's matmul rate itself swung 32-56 GFLOP/s
 with the load). Against the previous trainer path (autodiff through a masked logsumexp,
 same call, same process order, load ~16), the 1-device kernel is 1.25x faster at B = 2048
-and 1.56x at B = 4096; on 8 virtual devices the slab kernel and autodiff were within noise of each other (load ~12).
+and 1.56x at B = 4096; on 8 virtual devices the slab kernel and autodiff were within noise
+of each other (load ~12).
 """
 from __future__ import annotations
 
