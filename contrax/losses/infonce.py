@@ -24,7 +24,6 @@ device and equal to the single-device loss on the concatenated batch.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional
 
@@ -35,84 +34,8 @@ import numpy as np
 from contrax import _checks
 from contrax import pairs as pairs_lib
 from contrax._numerics import NEG_INF, safe_log
-from contrax.losses import tiled
+from contrax.losses import _slab_ntxent, tiled
 from contrax.losses._common import check_weights, debiased_log_negatives
-
-# Above this temperature every exp((s - 1)/t), |s| <= 1, is a normal float32 (>= e^-80), so
-# one constant shift 1/t replaces the per-row max of the log-sum-exp (see _stacked_ntxent).
-CONSTANT_SHIFT_MIN_TEMPERATURE = 2.0 / 80.0
-
-
-def _stacked_ntxent_parts(z: jax.Array, temperature: float, decoupled: bool):
-  """Per-row InfoNCE of the stacked unit rows `z` (`[2B, D]`, single device, uniform weights)
-  and its gradient, from one `[2B, 2B]` matmul and one exp pass (plus one matmul for the
-  gradient).
-
-  With `e_ij = exp(s_ij/t - c_i)` on the denominator's columns (j != i; not p(i) if
-  decoupled) and `r_i = Σ_j e_ij`, `P_ij = e_ij / r_i` is the softmax, and as S = z zᵀ is
-  symmetric the gradient of `mean_i l_i` is `(Q + Qᵀ) z / (2B t)`, `Q = P - Π` (Π: positive
-  partner). With the constant shift `c_i = 1/t` (t >= 0.025), `e` is symmetric and
-  `P + Pᵀ = e ⊙ (1/r_i + 1/r_j)` needs no second exp and no transpose; at smaller t the shift
-  is the row max and `Pᵀ_ij = exp(s_ij/t - lse_j)` is recomputed.
-  """
-  n = z.shape[0]
-  half = n // 2
-  t = temperature
-  partner = jnp.roll(z, half, axis=0)
-  sims = z @ z.T
-  index = jnp.arange(n)
-  is_positive = index[None, :] == (index[:, None] + half) % n
-  in_denominator = index[:, None] != index[None, :]
-  if decoupled:
-    in_denominator &= ~is_positive
-  constant_shift = t >= CONSTANT_SHIFT_MIN_TEMPERATURE
-  if constant_shift:
-    shift = jnp.full((n, 1), 1.0 / t, z.dtype)
-  else:
-    shift = jax.lax.stop_gradient(
-        jnp.max(jnp.where(in_denominator, sims / t, NEG_INF), axis=1, keepdims=True))
-  e = jnp.where(in_denominator, jnp.exp(sims / t - shift), 0.0)
-  r = jnp.sum(e, axis=1)  # the softmax normaliser (consistent with e, for the gradient)
-  # The negatives' sum is reduced separately, not as r - e_pos, which cancels when the
-  # positive dominates; log_neg - log_pos is then (c_i - s_ip/t) + log r_neg.
-  r_neg = r if decoupled else jnp.sum(jnp.where(is_positive, 0.0, e), axis=1)
-  pos_sim = jnp.sum(z * partner, axis=1)
-  log_ratio = shift[:, 0] - pos_sim / t + jnp.log(jnp.maximum(r_neg, jnp.finfo(r.dtype).tiny))
-  per_row = log_ratio if decoupled else jax.nn.softplus(log_ratio)
-
-  def gradient():
-    # Q = P - Π with its positive entry -(1 - P_ip) = -r_neg_i / r_i formed without
-    # cancellation (1 for decoupled); dLoss/dz = (Q + Qᵀ) z / (2B t).
-    inv_r = 1.0 / r
-    off_positive = jnp.ones_like(r) if decoupled else r_neg * inv_r
-    if constant_shift:
-      negative_part = e * (inv_r[:, None] + inv_r[None, :])
-    else:
-      lse = shift[:, 0] + jnp.log(r)
-      negative_part = e * inv_r[:, None] + jnp.where(in_denominator,
-                                                     jnp.exp(sims / t - lse[None, :]), 0.0)
-    both = jnp.where(is_positive, -(off_positive[:, None] + off_positive[None, :]),
-                     negative_part)
-    return both @ z / (n * t)
-
-  return per_row, gradient
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _stacked_ntxent(z: jax.Array, temperature: float, decoupled: bool) -> jax.Array:
-  """Mean InfoNCE (NT-Xent or decoupled) of stacked unit rows on one device, with a
-  hand-written derivative (a custom JVP, so forward mode, reverse mode and higher orders all
-  work): one `[2B, 2B]` matmul forward and one backward, against three for autodiff."""
-  per_row, _ = _stacked_ntxent_parts(z, temperature, decoupled)
-  return jnp.mean(per_row)
-
-
-@_stacked_ntxent.defjvp
-def _stacked_ntxent_jvp(temperature, decoupled, primals, tangents):
-  (z,), (z_dot,) = primals, tangents
-  per_row, gradient = _stacked_ntxent_parts(z, temperature, decoupled)
-  return jnp.mean(per_row), jnp.sum(gradient() * z_dot)
-
 
 def infonce_pairs(pairs: pairs_lib.Pairs, *, temperature=0.5,
                   weights: Optional[jax.Array] = None, tau_plus: float = 0.0,
@@ -135,12 +58,14 @@ def infonce_pairs(pairs: pairs_lib.Pairs, *, temperature=0.5,
   t = _checks.check_temperature(temperature)
   tau = _checks.check_tau_plus(tau_plus)
   concrete_t = not isinstance(t, jax.core.Tracer)
-  if (weights is None and queue is None and tau == 0.0 and pairs.axis_name is None
-      and concrete_t):
+  if weights is None and queue is None and tau == 0.0 and concrete_t:
+    # The training path: hand-written forward and backward on the local slab (the sharded
+    # step and a single device alike); a traced temperature takes the autodiff path below.
     if pairs.num_negatives < 1:
       raise ValueError("InfoNCE needs at least one negative: use a global batch of >= 2 images "
                        "or a queue")
-    return _stacked_ntxent(pairs.rows, t, bool(decoupled))
+    return _slab_ntxent.ntxent_mean(pairs.rows, pairs.cols, pairs.row_index, temperature=t,
+                                    decoupled=bool(decoupled), axis_name=pairs.axis_name)
   sims, negative_mask, pos_mask = pairs.sims, pairs.negative_mask, pairs.pos_mask
   num_neg = pairs.num_negatives
   if queue is not None:

@@ -1,25 +1,33 @@
-"""Benchmark: NT-Xent forward + backward on CPU — contrax vs optax vs lightly (PyTorch).
+"""Benchmark: InfoNCE forward + backward on CPU exactly as training runs it, vs optax and lightly.
 
 B pairs (2B stacked embeddings), D = 128, float32, t = 0.5, gradients with respect to both
 views. Implementations:
 
-- `contrax`: `contrax.losses.ntxent` under `jax.jit(jax.value_and_grad(...))` (the dense
-  single-device path: one [2B, 2B] matmul forward, one backward, one exp pass);
-- `contrax_tiled`: `infonce(..., implementation="tiled")` (memory linear in B);
+- `contrax_1dev` / `contrax_8dev`: what `contrax.train` calls, `infonce(z1, z2,
+  temperature=0.5, axis_name="data")` inside `jax.jit(jax.shard_map(jax.value_and_grad(...)))`
+  over a 'data' mesh of 1 device / of 8 virtual CPU devices (`--xla_force_host_platform_
+  device_count=8`, set before JAX starts, hence one subprocess per case). One device takes the
+  symmetric kernel (one [2B, 2B] matmul forward, one backward); 8 devices the slab kernel
+  (each device: its [2b, 2B] slab, one matmul forward, two backward, the column gradient
+  reduce-scattered), both in `contrax.losses._slab_ntxent`;
 - `optax`: `optax.losses.ntxent` on the stacked embeddings with pair labels, jitted. Its
-  cosine similarity broadcasts a [2B, 2B, D] array (memory and time O(B² D)): before
-  running, the compiled program's memory analysis is read and the case is skipped
-  ("OOM (est. X GiB)") above `memory_limit_gib`, and above `optax_max_batch` (time);
-- `lightly`: `lightly.loss.NTXentLoss` in PyTorch (optional: prints "not installed" when
-  torch or lightly is missing). If lightly's package import fails only because torchvision
-  is missing or broken (e.g. a CUDA torchvision next to a CPU torch), torchvision is replaced
-  by an empty stub: NTXentLoss does not use it.
+  cosine similarity broadcasts a [2B, 2B, D] array (memory and time O(B² D)): the compiled
+  program's memory analysis is read first and the case skipped ("OOM (est. X GiB)") above
+  `memory_limit_gib`, and above `optax_max_batch` (time);
+- `lightly`: `lightly.loss.NTXentLoss` in PyTorch (the `bench` extra; prints "not installed"
+  when torch or lightly is missing; a broken torchvision is replaced by an empty stub, which
+  NTXentLoss does not use);
+- `floor`: the arithmetic floor of NT-Xent forward + backward on this machine, measured in the
+  same run: `floor = 2 T_mm + T_exp`, with T_mm the time of one float32 [2B, 2B] @ [2B, D]
+  matmul (2·(2B)²·D FLOPs; the minimum is one such matmul forward, S = Z Zᵀ, and one
+  backward, (Q + Qᵀ) Z) and T_exp the time of exp and a row sum over a [2B, 2B] array (the
+  (2B)² exponentials). The table reports it in ms, with the matmul GFLOP/s it implies.
 
-Each (implementation, B) case runs in a fresh subprocess (so its peak resident memory,
-`ru_maxrss`, is its own: inputs, runtime and every buffer), which compiles / warms up, then
-times `repeats` runs and reports the fastest; the cases of one B are run `rounds` times in
-alternation and the fastest round is kept, which makes the comparison fair on a shared
-machine. The loss values of all implementations on the same inputs are compared too.
+Each (implementation, B) case runs in a fresh subprocess (own device count, own peak resident
+memory `ru_maxrss`), which compiles / warms up, then times `repeats` runs and keeps the
+fastest; the cases of one B are run `rounds` times in alternation and the fastest round is
+kept, which makes the comparison fair on a shared machine. The load average is recorded at
+the start of every case. Loss values are compared with `contrax_1dev`.
 
 Command:
 
@@ -28,24 +36,27 @@ Command:
 
 Writes runs/benchmark_losses/ (or --workdir): config.json, results.json, results.md.
 
-Runtime: 14.5 minutes on the 2-core CPU under a load average of ~20 (other jobs); most of
-it is optax at B = 512 and lightly at B = 4096.
+Runtime: 12 minutes on the 2-core CPU under a load average of 8-11 (other jobs); most of it
+is optax at B = 512 and lightly at B = 4096.
 
-Result (2-core Xeon @ 2.8 GHz, load average ~20 from other jobs, so absolute times are
-inflated and torch's OpenMP threads suffer most from the oversubscription; fastest of two
-interleaved rounds; torch 2.13.0+cpu, lightly 1.6.0 with torchvision stubbed, jax 0.10.2,
-optax 0.2.8), ms per forward + backward and peak RSS of the case's process:
+Result (2-core Xeon, load average 8-11 from other jobs during the run: absolute times are
+inflated and noisy, a quiet re-run is due; fastest of two interleaved rounds of two runs;
+jax 0.10.2, optax 0.2.8, torch 2.14.1, lightly 1.6.0), ms per forward + backward:
 
-| B    | contrax | contrax_tiled | optax                | lightly  | contrax vs lightly |
-|------|---------|---------------|----------------------|----------|--------------------|
-| 512  | 37      | 49            | 14557 (2.3 GiB)      | 1437     | 39x                |
-| 2048 | 1112    | 972           | skipped (est. 16 GiB) | 4584    | 4.1x               |
-| 4096 | 3611    | 4788          | OOM (est. 66 GiB)    | 24685    | 6.8x               |
+| B | 1dev | 8dev | optax | lightly | floor (GFLOP/s) | 1dev/floor | vs lightly: 1dev, 8dev |
+|---|---|---|---|---|---|---|---|
+| 512 | 33 | 45 | 9568 | 450 | 11 (56) | 3.1 | 13.5x, 9.9x |
+| 2048 | 495 | 839 | skip: 16 GiB | 3911 | 292 (32) | 1.7 | 7.9x, 4.7x |
+| 4096 | 2836 | 3811 | OOM: 66 GiB | 11531 | 832 (44) | 3.4 | 4.1x, 3.0x |
 
-Peak RSS at B = 4096: contrax 0.88 GiB, contrax_tiled 0.47 GiB, lightly 1.32 GiB. Loss values
-agree to < 1e-6. Before the single-device fast path (autodiff through a masked logsumexp:
-three [2B, 2B] matmuls and two exp passes) contrax took ~1.35x longer than now at B = 2048
-and 4096 in interleaved runs.
+1dev, 8dev: contrax_1dev, contrax_8dev. Peak RSS at B = 4096: contrax 0.88 (1 device) /
+0.96 GiB (8), lightly 1.81 GiB. Loss values agree to < 1e-6. Targets at B = 4096: >= 4x
+lightly is met on one device (4.1x; 3.0x on 8 virtual devices, which share the same 2 cores);
+within 1.5x of the floor is not (3.4x; the floor's matmul rate itself swung 32-56 GFLOP/s
+with the load). Against the previous trainer path (autodiff through a masked logsumexp,
+same call, same process order, load ~16), the 1-device kernel is 1.25x faster at B = 2048
+and 1.56x at B = 4096; on 8 virtual devices the slab kernel and autodiff were within noise
+of each other (load ~12).
 """
 from __future__ import annotations
 
@@ -59,7 +70,8 @@ import time
 import ml_collections
 
 GIB = 2.0**30
-IMPLEMENTATIONS = ("contrax", "contrax_tiled", "optax", "lightly")
+IMPLEMENTATIONS = ("contrax_1dev", "contrax_8dev", "optax", "lightly", "floor")
+DEVICES = {"contrax_1dev": 1, "contrax_8dev": 8}
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -72,8 +84,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.repeats = 2  # timed runs per case after the warm-up; the fastest is kept
   c.rounds = 2  # alternating passes over the implementations of one B; the fastest is kept
   c.memory_limit_gib = 24.0
-  # optax broadcasts [2B, 2B, D]: ~20 s per step at B = 512 here, so ~20 min at B = 2048
-  # (16 GiB, XLA's estimate) on a machine shared with other jobs; measured up to this B.
+  # optax broadcasts [2B, 2B, D]: ~15 s per step at B = 512 on 2 loaded cores, so ~15 min at
+  # B = 2048 (16 GiB, XLA's estimate); measured up to this B.
   c.optax_max_batch = 512
   c.max_run_seconds = 30.0  # one run slower than this is not repeated (its time is kept)
   c.case_timeout_seconds = 600.0  # a case still running then is reported as "timeout"
@@ -106,34 +118,85 @@ def time_runs(step, repeats: int, max_run_seconds: float) -> float:
   return best * 1e3
 
 
-def measure_jax(case: dict) -> dict:
-  import jax
-  import jax.numpy as jnp
-
-  z1, z2 = (jnp.asarray(z) for z in inputs(case))
-  t, b = case["temperature"], case["batch"]
-  if case["implementation"] == "optax":
-    import optax
-    labels = jnp.concatenate([jnp.arange(b), jnp.arange(b)])
-    loss = lambda a, c: optax.losses.ntxent(jnp.concatenate([a, c]), labels, temperature=t)
-  else:
-    from contrax.losses import infonce
-    impl = "tiled" if case["implementation"] == "contrax_tiled" else "dense"
-    loss = lambda a, c: infonce(a, c, temperature=t, implementation=impl)
-  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-  compiled = step.lower(z1, z2).compile()
+def compiled_within_memory(step, case: dict, *args):
+  """`step` compiled for `args`, or a skip reason when XLA's memory estimate is too large."""
+  compiled = step.lower(*args).compile()
   memory = compiled.memory_analysis()
   if memory is not None:
     estimate = (memory.argument_size_in_bytes + memory.output_size_in_bytes
                 + memory.temp_size_in_bytes) / GIB
     if estimate > case["memory_limit_gib"]:
-      return dict(case, skipped=f"OOM (est. {estimate:.0f} GiB)")
+      return None, f"OOM (est. {estimate:.0f} GiB)"
     if case["implementation"] == "optax" and case["batch"] > case["optax_max_batch"]:
-      return dict(case, skipped=f"skipped (est. {estimate:.0f} GiB, O(B²D) time)")
-  value, _ = jax.block_until_ready(compiled(z1, z2))  # compiled ahead: no compile in here
+      return None, f"skipped (est. {estimate:.0f} GiB, O(B²D) time)"
+  return compiled, ""
+
+
+def measure_contrax(case: dict) -> dict:
+  """The trainer's loss call: jit(shard_map(value_and_grad(infonce(..., axis_name))))."""
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from contrax.losses import infonce
+
+  num_devices = DEVICES[case["implementation"]]
+  mesh = jax.make_mesh((num_devices,), ("data",), devices=jax.devices()[:num_devices])
+  loss = lambda a, c: infonce(a, c, temperature=case["temperature"], axis_name="data")
+  local = jax.value_and_grad(loss, argnums=(0, 1))
+  step = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P("data")),
+                               out_specs=(P(), (P("data"), P("data")))))
+  z1, z2 = (jax.device_put(z, NamedSharding(mesh, P("data"))) for z in inputs(case))
+  compiled, skipped = compiled_within_memory(step, case, z1, z2)
+  if skipped:
+    return dict(case, skipped=skipped)
+  value, _ = jax.block_until_ready(compiled(z1, z2))
+  ms = time_runs(lambda: jax.block_until_ready(compiled(z1, z2)), case["repeats"],
+                 case["max_run_seconds"])
+  return dict(case, ms=ms, loss=float(value), peak_rss_gib=peak_rss_gib(),
+              devices=len(jax.devices()))
+
+
+def measure_optax(case: dict) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  z1, z2 = (jnp.asarray(z) for z in inputs(case))
+  b = case["batch"]
+  labels = jnp.concatenate([jnp.arange(b), jnp.arange(b)])
+  loss = lambda a, c: optax.losses.ntxent(jnp.concatenate([a, c]), labels,
+                                          temperature=case["temperature"])
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  compiled, skipped = compiled_within_memory(step, case, z1, z2)
+  if skipped:
+    return dict(case, skipped=skipped)
+  value, _ = jax.block_until_ready(compiled(z1, z2))
   ms = time_runs(lambda: jax.block_until_ready(compiled(z1, z2)), case["repeats"],
                  case["max_run_seconds"])
   return dict(case, ms=ms, loss=float(value), peak_rss_gib=peak_rss_gib())
+
+
+def measure_floor(case: dict) -> dict:
+  """`2 T_mm + T_exp`: one [2B, 2B] @ [2B, D] float32 matmul forward and one backward, plus
+  exp and a row sum over [2B, 2B], each timed alone (fastest of `repeats`)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  n = 2 * case["batch"]
+  rng = np.random.default_rng(case["seed"])
+  square = jnp.asarray(rng.standard_normal((n, n), dtype=np.float32))
+  tall = jnp.asarray(rng.standard_normal((n, case["dim"]), dtype=np.float32))
+  matmul = jax.jit(lambda q, z: q @ z).lower(square, tall).compile()
+  exp_sum = jax.jit(lambda q: jnp.sum(jnp.exp(q), axis=1)).lower(square).compile()
+  jax.block_until_ready((matmul(square, tall), exp_sum(square)))
+  repeats = max(case["repeats"], 3)
+  mm_ms = time_runs(lambda: jax.block_until_ready(matmul(square, tall)), repeats,
+                    case["max_run_seconds"])
+  exp_ms = time_runs(lambda: jax.block_until_ready(exp_sum(square)), repeats,
+                     case["max_run_seconds"])
+  gflops = 2.0 * n * n * case["dim"] / (mm_ms * 1e-3) / 1e9
+  return dict(case, ms=2 * mm_ms + exp_ms, matmul_ms=mm_ms, exp_ms=exp_ms,
+              matmul_gflops=gflops, exp_per_ns=n * n / (exp_ms * 1e6))
 
 
 def import_lightly_ntxent():
@@ -203,9 +266,15 @@ def measure_lightly(case: dict) -> dict:
 
 
 def run_case(case: dict) -> dict:
-  """Run one case in a fresh interpreter (own peak memory, no shared caches)."""
+  """Run one case in a fresh interpreter (own device count and peak memory, no shared caches)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  devices = DEVICES.get(case["implementation"], 1)
+  env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
+  case = dict(case, load_average=os.getloadavg()[0])
   try:
-    result = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case)],
+    result = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case)], env=env,
                             capture_output=True, text=True, timeout=case["case_timeout_seconds"])
   except subprocess.TimeoutExpired:
     return dict(case, skipped=f"timeout (> {case['case_timeout_seconds']:.0f} s)")
@@ -222,27 +291,34 @@ def best_of(records: list[dict]) -> dict:
 
 
 def table(results: dict, config) -> str:
-  impls = list(config.implementations)
-  head = ["B"] + [f"{i} ms" for i in impls] + [f"{i} peak GiB" for i in impls]
+  impls = [i for i in config.implementations if i != "floor"]
+  reference = "contrax_1dev"
+  head = ["B"] + [f"{i} ms" for i in impls]
+  if "floor" in config.implementations:
+    head += ["floor ms (matmul GFLOP/s)"]
+    head += [f"{i} / floor" for i in impls if i.startswith("contrax")]
   if "lightly" in impls:
-    head += [f"{i} speed-up vs lightly" for i in impls if i != "lightly"]
-  head += ["max |loss - contrax|"]
+    head += [f"{i} speed-up vs lightly" for i in impls if i.startswith("contrax")]
+  head += [f"{i} peak GiB" for i in impls] + ["max |loss - contrax_1dev|", "load average"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  ratio = lambda a, b: f"{a['ms'] / b['ms']:.2f}" if "ms" in a and "ms" in b else "-"
   for b in config.sizes:
     row = results[str(b)]
     cells = [str(b)]
     cells += [f"{row[i]['ms']:.0f}" if "ms" in row[i] else row[i]["skipped"] for i in impls]
+    if "floor" in row:
+      floor = row["floor"]
+      cells.append(f"{floor['ms']:.0f} ({floor['matmul_gflops']:.0f})" if "ms" in floor
+                   else floor["skipped"])
+      cells += [ratio(row[i], floor) for i in impls if i.startswith("contrax")]
+    if "lightly" in row:
+      cells += [ratio(row["lightly"], row[i]) for i in impls if i.startswith("contrax")]
     cells += [f"{row[i]['peak_rss_gib']:.2f}" if "ms" in row[i] else "-" for i in impls]
-    if "lightly" in impls:
-      lightly = row["lightly"]
-      for i in impls:
-        if i == "lightly":
-          continue
-        ok = "ms" in row[i] and "ms" in lightly
-        cells.append(f"{lightly['ms'] / row[i]['ms']:.1f}x" if ok else "-")
-    ref = row.get("contrax", {}).get("loss")
+    ref = row.get(reference, {}).get("loss")
     diffs = [abs(row[i]["loss"] - ref) for i in impls if "loss" in row[i] and ref is not None]
     cells.append(f"{max(diffs):.1e}" if diffs else "-")
+    loads = [r["load_average"] for r in row.values() if "load_average" in r]
+    cells.append(f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-")
     lines.append("| " + " | ".join(cells) + " |")
   notes = {r.get("note") for row in results.values() for r in row.values() if r.get("note")}
   if notes:
@@ -295,7 +371,8 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
   if len(sys.argv) == 3 and sys.argv[1] == "--worker":
     worker_case = json.loads(sys.argv[2])
-    measure = measure_lightly if worker_case["implementation"] == "lightly" else measure_jax
+    measure = {"lightly": measure_lightly, "optax": measure_optax,
+               "floor": measure_floor}.get(worker_case["implementation"], measure_contrax)
     print(json.dumps(measure(worker_case)), flush=True)
   else:
     main()
