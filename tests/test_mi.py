@@ -327,8 +327,8 @@ def _mlp_np(params, x):
 def test_critics_match_numpy_forward():
   rng = np.random.default_rng(0)
   x, y = rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=(6, 4)).astype(np.float32)
-  critics = {"separable": mi.SeparableCritic((8,), 5), "bilinear": mi.BilinearCritic(),
-             "bilinear_enc": mi.BilinearCritic((8,), 5), "concat": mi.ConcatCritic((8, 7))}
+  critics = {"separable": mi.SeparableCritic(8, 5), "bilinear": mi.BilinearCritic(),
+             "bilinear_enc": mi.BilinearCritic(8, 5), "concat": mi.ConcatCritic((8, 7))}
 
   @jax.jit
   def init_apply(key):  # one compile for all four critics
