@@ -280,7 +280,8 @@ def knn_predict(train_x, train_y, test_x, *, k: int = 200, temperature: float = 
 
 def knn(train_x, train_y, test_x, test_y, *, k: int = 200, temperature: float = 0.1,
         num_classes: Optional[int] = None, batch_size: int = 256) -> float:
-  """Top-1 accuracy of `knn_predict` on (test_x, test_y) (defaults k = 200, t = 0.1 as in Wu et al. 2018)."""
+  """Top-1 accuracy of `knn_predict` on (test_x, test_y) (defaults k = 200, t = 0.1: Wu et al.
+  2018)."""
   train_x, train_y, test_x, test_y, num_classes = _check_pair(train_x, train_y, test_x, test_y,
                                                               num_classes)
   predictions = knn_predict(train_x, train_y, test_x, k=k, temperature=temperature,

@@ -52,11 +52,13 @@ Result of the default command (seed 0; every number is in runs/mutual_informatio
     critic at learning rate 1e-3, NWJ, MINE and the NWJ readout of JS diverge (exp of the
     unbounded dot-product scores): a documented failure, not averaged away (a side run at
     learning rate 2e-4, batch 64, kept them finite but far behind the truth after 400 steps
-    per level).
+    per level). To *estimate* MI with these bounds, use
+    `contrax.mi.estimate_mi`, which trains the critic with InfoNCE or JS and only reads
+    the bound out).
 (b) training estimate vs information carried (linear encoder, exact MI of the features):
     dot-product critic: B = 4 trains to an InfoNCE of 0.94 ≤ log 4 = 1.39 nats, yet its
-    features carry 3.84 nats = 95 % of the 4.06 nats of the B = 256 encoder (the
-    reconstruction's reference: 3.78 and 4.02). Negative-distance critic: B = 4 → 1.22 ≤ log 4, 3.55 nats =
+    features carry 3.84 nats = 95 % of the 4.06 nats of the B = 256 encoder (our
+    reference: 3.78 and 4.02). Negative-distance critic: B = 4 → 1.22 ≤ log 4, 3.55 nats =
     87 % of 4.08. The MLP encoder (MI estimated by a fresh separable critic, K = 4096,
     which reads 3.5–3.7 nats for the linear features of exact MI 4.06, so it is itself
     biased low by ≈ 0.4 nats) gives B = 4: 3.07 vs B = 256: 3.10 (dot) and 3.13 vs 2.98
@@ -73,6 +75,9 @@ Result of the default command (seed 0; every number is in runs/mutual_informatio
     Along "task bits first, then nuisance bits" the accuracy against I(V1; V2) is a
     reverse U (0.58 → 0.79 → 0.50): what the views share, not how much, sets the accuracy.
     Single seed; individual cells move by ±0.05.
+(c) and (d) were measured with a scikit-learn logistic probe per bit; the script now probes
+    with `contrax.evaluate.linear_probe` (same protocol: standardised features, L2 chosen on
+    a stratified validation split), so a rerun may move individual accuracies slightly.
 """
 from __future__ import annotations
 

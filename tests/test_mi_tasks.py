@@ -1,4 +1,5 @@
-"""contrax.mi.tasks against closed forms (log-det MI, canonical correlations, SciPy densities, the enumerated label channel)."""
+"""contrax.mi.tasks against closed forms: log-det MI, canonical correlations, SciPy densities,
+the enumerated label channel."""
 from __future__ import annotations
 
 import itertools

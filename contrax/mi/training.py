@@ -137,7 +137,8 @@ def _readout(estimator: str, scores: jax.Array) -> jax.Array:
   if estimator == "infonce":
     return estimators.infonce(scores)
   if estimator in ("nwj", "js"):
-    return estimators.nwj(scores + 1.0)  # the JS critic converges to log r; NWJ is tight at 1 + log r
+    # The JS critic converges to log r; NWJ is tight at 1 + log r.
+    return estimators.nwj(scores + 1.0)
   if estimator in ("dv", "mine"):
     return estimators.dv(scores)
   return estimators.smile_estimate(scores, SMILE_TAUS[estimator])

@@ -114,7 +114,7 @@ def _curl_bound_terms(features, anchor, positive_class, negative_classes, positi
 
 def curl_bound(features: jax.Array, tuples: BoundTuples, *, loss: str = "logistic",
                base: float = 2.0, chunk_size: int = 64) -> dict[str, float]:
-  """Both sides of the k-negative CURL bound on a finite sample (Arora et al. 2019; Merad et al. 2020).
+  """Both sides of the k-negative CURL bound on a finite sample (Arora et al. 2019).
 
       L^μ_sup,k(f) ≤ (L_un(f) − τ_k ℓ_min) / (1 − τ_k)
 

@@ -1,4 +1,4 @@
-"""Empirical neural tangent kernel and lazy-training diagnostics (Merad et al. 2020; Allen-Zhu et al. 2019).
+"""Empirical neural tangent kernel and lazy-training diagnostics (Merad et al. 2020).
 
 For an encoder `f(θ, X)` with outputs `[n, d]`, stack the outputs row-major into a vector of
 length `n·d` (entry `i·d + a` is output coordinate a of input i) and let `J = ∂ vec f / ∂θ`

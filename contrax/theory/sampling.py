@@ -200,7 +200,8 @@ class BoundTuples(NamedTuple):
 
 def sample_bound_tuples(rng: np.random.Generator, labels, num_tuples: int, num_negatives: int,
                         *, class_probs=None, pool_size: Optional[int] = None) -> BoundTuples:
-  """Tuples on which the CURL bound `L^μ_sup,k ≤ (L_un − τ_k ℓ_min) / (1 − τ_k)` holds exactly, for every encoder.
+  """Tuples on which the CURL bound `L^μ_sup,k ≤ (L_un − τ_k ℓ_min) / (1 − τ_k)` holds exactly,
+  for every encoder.
 
   The population argument is: by Jensen (ℓ convex, v affine in f(x⁺), f(x⁻_i)),
   `L_un ≥ E ℓ(f(x)ᵀ(μ_{c⁺} − μ_{c⁻_i}))`; on a collision one margin is 0 so the term is
