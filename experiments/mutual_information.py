@@ -52,9 +52,8 @@ Result of the default command (seed 0; every number is in runs/mutual_informatio
     critic at learning rate 1e-3, NWJ, MINE and the NWJ readout of JS diverge (exp of the
     unbounded dot-product scores): a documented failure, not averaged away (a side run at
     learning rate 2e-4, batch 64, kept them finite but far behind the truth after 400 steps
-    per level). To *estimate* MI with these bounds, use
-    `contrax.mi.estimate_mi`, which trains the critic with InfoNCE or JS and only reads
-    the bound out).
+    per level). To *estimate* MI with these bounds, use `contrax.mi.estimate_mi`, which
+    trains the critic with InfoNCE or JS and only reads the bound out.
 (b) training estimate vs information carried (linear encoder, exact MI of the features):
     dot-product critic: B = 4 trains to an InfoNCE of 0.94 ≤ log 4 = 1.39 nats, yet its
     features carry 3.84 nats = 95 % of the 4.06 nats of the B = 256 encoder (our
