@@ -21,8 +21,7 @@ from contrax.theory.curl import (collision_probability, curl_bound, mean_classif
 from contrax.theory.generalization import (alignment_from_views, augmented_class_centres,
                                            augmented_distance, augmented_distance_matrix,
                                            centre_deficit, centre_gram, divergence_threshold,
-                                           greedy_clique, max_cross_centre,
-                                           nearest_centre_error,
+                                           greedy_clique, max_cross_centre, nearest_centre_error,
                                            r_epsilon, rho_max, sample_views, sigma_hat,
                                            view_features)
 from contrax.theory.sampling import (BoundTuples, Tuples, latent_class_points,
