@@ -110,3 +110,24 @@ def same_shape(names: Sequence[str], *arrays):
     pairs = ", ".join(f"{n}{s}" for n, s in zip(names, shapes))
     raise ValueError(f"{' and '.join(names)} must have the same shape, got {pairs}")
   return arrays
+
+
+def labels(name: str, values, *, size: int | None = None,
+           num_classes: int | None = None) -> np.ndarray:
+  """Integer class labels `[n]` with values in `[0, num_classes)` (`>= 0` when None).
+
+  TypeError for a non-integer dtype, ValueError for a wrong rank, a size other than `size`
+  (when given) or a value out of range; returns the labels as a NumPy array.
+  """
+  values = np.asarray(values)
+  if not np.issubdtype(values.dtype, np.integer):
+    raise TypeError(f"{name} must hold integers (integer class labels), got dtype {values.dtype}")
+  rank(name, values, 1)
+  if size is not None and values.shape[0] != size:
+    raise ValueError(f"{name} must have shape ({size},) (one label per row), got {values.shape}")
+  if values.size and values.min() < 0:
+    raise ValueError(f"{name} must be >= 0, got a label {values.min()}")
+  if values.size and num_classes is not None and values.max() >= num_classes:
+    raise ValueError(f"{name} must lie in [0, {num_classes}), got range "
+                     f"[{values.min()}, {values.max()}]")
+  return values

@@ -67,11 +67,7 @@ def _check_indices(indices, length: int) -> np.ndarray:
 
 
 def _check_labels(name: str, labels) -> np.ndarray:
-  labels = np.asarray(labels)
-  if not np.issubdtype(labels.dtype, np.integer):
-    raise TypeError(f"{name} must hold integers, got dtype {labels.dtype}")
-  _checks.rank(name, labels, 1)
-  return labels.astype(np.int32)
+  return _checks.labels(name, labels).astype(np.int32)
 
 
 class ArraySplit:
@@ -121,17 +117,22 @@ class ImageDataset:
                        f"{self.test.image_shape}")
 
 
-def _stratified_split(labels: np.ndarray, *, test_fraction: float, seed: int,
-                      what: str) -> tuple[np.ndarray, np.ndarray]:
-  """Train and test row indices of a stratified split (scikit-learn's `train_test_split`)."""
+def stratified_split(labels: np.ndarray, *, test_fraction: float, seed: int,
+                     what: str = "labels") -> tuple[np.ndarray, np.ndarray]:
+  """Row indices `(train, test)` of a stratified split: `test_fraction` of the rows to test,
+  every class in proportion (scikit-learn's `train_test_split(stratify=labels)`, seeded).
+
+  The one stratified split of contrax (dataset train/test splits, the linear probe's
+  validation split). ValueError naming `what` when a class is too small to be split.
+  """
   from sklearn.model_selection import train_test_split
   test_fraction = _checks.in_range("test_fraction", test_fraction, 0.0, 1.0, include_low=False)
   try:
     train_rows, test_rows = train_test_split(
         np.arange(len(labels)), test_size=test_fraction, stratify=labels, random_state=seed)
   except ValueError as e:
-    raise ValueError(f"cannot split {what} ({len(labels)} images, "
-                     f"{len(np.unique(labels))} classes) into train and test with "
+    raise ValueError(f"cannot split {what} ({len(labels)} rows, "
+                     f"{len(np.unique(labels))} classes) into two stratified parts with "
                      f"test_fraction={test_fraction}: {e}") from e
   return train_rows, test_rows
 
@@ -139,7 +140,7 @@ def _stratified_split(labels: np.ndarray, *, test_fraction: float, seed: int,
 def _split_in_memory(name: str, images: np.ndarray, labels: np.ndarray,
                      class_names: Sequence[str], *, test_fraction: float,
                      seed: int) -> ImageDataset:
-  train_rows, test_rows = _stratified_split(labels, test_fraction=test_fraction, seed=seed,
+  train_rows, test_rows = stratified_split(labels, test_fraction=test_fraction, seed=seed,
                                             what=name)
   return ImageDataset(name=name, train=ArraySplit(images[train_rows], labels[train_rows]),
                       test=ArraySplit(images[test_rows], labels[test_rows]),
@@ -322,8 +323,6 @@ def _load_npz(path: str, *, seed: int, num_classes: int | None = None) -> ImageD
     if len(labels) != len(images):
       raise ValueError(f"{x_key} and {y_key} must have the same length, got {len(images)} and "
                        f"{len(labels)}")
-    if labels.size and labels.min() < 0:
-      raise ValueError(f"{y_key} must be >= 0, got a label {labels.min()}")
     splits[part] = ArraySplit(images, labels)
   if splits["train"].image_shape != splits["test"].image_shape:
     raise ValueError(f"x_train and x_test must share the image shape (H, W, C), got "

@@ -1,4 +1,4 @@
-"""Evaluation of frozen encoders (SPEC §8): feature extraction, linear probe, kNN, nearest centre.
+"""Evaluation of frozen encoders: feature extraction, linear probe, kNN, nearest centre.
 
 All three classifiers take plain NumPy features, so the encoder is frozen by construction
 (no gradient can reach it). `evaluate_all` runs the whole protocol on a dataset with `train`
@@ -8,6 +8,7 @@ statistics, the linear probe's L2 penalty) is made on training data.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from contrax import _checks
+from contrax import _checks, data
 
 
 def _check_features(names: Sequence[str], x, y, num_classes: Optional[int] = None):
@@ -29,13 +30,9 @@ def _check_features(names: Sequence[str], x, y, num_classes: Optional[int] = Non
   if x.shape[0] != y.shape[0] or x.shape[0] == 0:
     raise ValueError(f"{x_name} and {y_name} must have the same non-zero number of rows, "
                      f"got {x.shape} and {y.shape}")
-  if not np.issubdtype(y.dtype, np.integer):
-    raise TypeError(f"{y_name} must hold integer class labels, got dtype {y.dtype}")
+  y = _checks.labels(y_name, y, num_classes=num_classes)
   if not np.all(np.isfinite(x)):
     raise ValueError(f"{x_name} must be finite")
-  if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
-    raise ValueError(f"{y_name} must lie in [0, {num_classes}), got range "
-                     f"[{y.min()}, {y.max()}]")
   return x, y
 
 
@@ -135,22 +132,6 @@ def _standardise(fit_x: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
   return [((x - mean) / std).astype(np.float32) for x in (fit_x, *others)]
 
 
-def _stratified_split(labels: np.ndarray, fraction: float, seed: int):
-  """Indices (fit, val): about `fraction` of each class (at least one when it has >= 2) to val."""
-  rng = np.random.default_rng(seed)
-  fit, val = [], []
-  for c in np.unique(labels):
-    members = rng.permutation(np.flatnonzero(labels == c))
-    n_val = int(round(fraction * members.size))
-    if members.size >= 2:
-      n_val = min(max(n_val, 1), members.size - 1)
-    else:
-      n_val = 0
-    val.append(members[:n_val])
-    fit.append(members[n_val:])
-  return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
-
-
 def logistic_objective(params, x, y_onehot, l2):
   """Mean multinomial cross-entropy plus `l2/2 ||W||²` (the bias is not penalised)."""
   w, b = params
@@ -201,8 +182,9 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: Optional[int]
   is not penalised. This is scikit-learn's `LogisticRegression(C=1/(n·l2))` objective divided
   by `C·n` (same minimiser).
 
-  Protocol (SPEC §8): a stratified validation split (`val_fraction` of each class, drawn
-  with `seed`) is carved from the *training* set; for each `l2` in `l2_grid` the probe is fit
+  Protocol: a stratified validation split (`val_fraction` of the training set, every class
+  in proportion; `contrax.data.stratified_split` with `seed`) is carved from the *training*
+  set; for each `l2` in `l2_grid` the probe is fit
   on the rest (standardised with the rest's statistics) and scored on the validation part.
   The `l2` with the best validation accuracy wins (ties go to the larger `l2`); the probe
   is refit on all training data (standardised with its statistics) and scored on the test
@@ -222,10 +204,8 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: Optional[int]
   if not l2_grid:
     raise ValueError("l2_grid must hold at least one positive value, got ()")
 
-  fit_idx, val_idx = _stratified_split(train_y, val_fraction, seed)
-  if val_idx.size == 0:
-    raise ValueError(f"val_fraction={val_fraction} leaves no validation examples "
-                     f"({train_y.size} training examples)")
+  fit_idx, val_idx = data.stratified_split(train_y, test_fraction=val_fraction, seed=seed,
+                                           what="train_y")
   fit_x, val_x = _standardise(train_x[fit_idx], train_x[val_idx])
   fit_y, val_y = train_y[fit_idx], train_y[val_idx]
   val_accuracies = {}
@@ -270,12 +250,20 @@ def knn_predict(train_x, train_y, test_x, *, k: int = 200, temperature: float = 
 
   Features are L2-normalised; for query q the k training rows with the largest cosine
   similarity `s_j` vote for their class with weight `exp(s_j / temperature)`; the class
-  with the largest total wins (ties: the smaller class index). `k` is clipped to the bank
-  size. Queries run in fixed-size batches of `batch_size` (the last one padded).
+  with the largest total wins (ties: the smaller class index). Queries run in fixed-size
+  batches of `batch_size` (the last one padded).
+
+  `k` larger than the memory bank (`len(train_x)` rows) emits a `UserWarning` naming both and
+  uses `k = len(train_x)`, i.e. every training row votes (the classifier is then the
+  similarity-weighted class vote of the whole bank, not a k-nearest-neighbour vote).
   """
   train_x, train_y, num_classes = _check_train(train_x, train_y, num_classes)
   test_x = _check_queries(test_x, train_x.shape[1])
-  k = min(_checks.positive_int("k", k), train_x.shape[0])
+  k = _checks.positive_int("k", k)
+  if k > train_x.shape[0]:
+    warnings.warn(f"k={k} exceeds the memory bank of {train_x.shape[0]} training rows; using "
+                  f"k={train_x.shape[0]} (every training row votes)", UserWarning, stacklevel=2)
+    k = train_x.shape[0]
   temperature = _checks.positive("temperature", temperature)
   batch_size = min(_checks.positive_int("batch_size", batch_size), test_x.shape[0])
 
@@ -292,7 +280,8 @@ def knn_predict(train_x, train_y, test_x, *, k: int = 200, temperature: float = 
 
 def knn(train_x, train_y, test_x, test_y, *, k: int = 200, temperature: float = 0.1,
         num_classes: Optional[int] = None, batch_size: int = 256) -> float:
-  """Top-1 accuracy of `knn_predict` on (test_x, test_y) (SPEC §8: k = 200, t = 0.1)."""
+  """Top-1 accuracy of `knn_predict` on (test_x, test_y) (defaults k = 200, t = 0.1: Wu et al.
+  2018)."""
   train_x, train_y, test_x, test_y, num_classes = _check_pair(train_x, train_y, test_x, test_y,
                                                               num_classes)
   predictions = knn_predict(train_x, train_y, test_x, k=k, temperature=temperature,
@@ -305,7 +294,12 @@ def knn(train_x, train_y, test_x, test_y, *, k: int = 200, temperature: float = 
 
 
 def class_centres(features, labels, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-  """Class means `μ_k` of `features` (float64) and a mask of the classes that have members."""
+  """Class means `μ_k = mean_{i: y_i = k} f_i` of `features [n, d]` (float64, `[K, d]`) and a
+  mask `[K]` of the classes that have members (the centre of an empty class is 0).
+
+  The one class-centre computation of contrax: `contrax.theory` averages over views first
+  and calls this.
+  """
   features = np.asarray(features, np.float64)
   counts = np.bincount(labels, minlength=num_classes)
   sums = np.zeros((num_classes, features.shape[1]))
@@ -313,20 +307,32 @@ def class_centres(features, labels, num_classes: int) -> tuple[np.ndarray, np.nd
   return sums / np.maximum(counts, 1)[:, None], counts > 0
 
 
+def nearest_centre_classify(features, centres, present=None) -> np.ndarray:
+  """`G_f(x) = argmin_k ‖f(x) − μ_k‖` for features `[n, d]` and centres `[K, d]` (float64).
+
+  Computed as the linear classifier `argmax_k μ_kᵀ f − ½‖μ_k‖²` (the same argmin: `‖f‖²` does
+  not depend on k). Classes with `present[k] = False` (a boolean mask `[K]`) are never chosen.
+  """
+  features = np.asarray(features, np.float64)
+  centres = np.asarray(centres, np.float64)
+  scores = features @ centres.T - 0.5 * np.sum(centres**2, axis=1)
+  if present is not None:
+    scores = np.where(present, scores, -np.inf)
+  return np.argmax(scores, axis=1)
+
+
 def nearest_centre_predict(train_x, train_y, test_x, *,
                            num_classes: Optional[int] = None) -> np.ndarray:
   """`G_f(x) = argmin_k ||f(x) - μ_k||` with `μ_k` the class means of the training features.
 
-  SPEC §3 (Huang et al. 2023) defines μ_k over samples and augmented views; on frozen
-  un-augmented features this is the mean over training samples. Classes without training
-  examples are never predicted.
+  Huang et al. 2023 define μ_k over samples and augmented views; on frozen un-augmented
+  features this is the mean over training samples. Classes without training examples are
+  never predicted.
   """
   train_x, train_y, num_classes = _check_train(train_x, train_y, num_classes)
-  test_x = _check_queries(test_x, train_x.shape[1]).astype(np.float64)
+  test_x = _check_queries(test_x, train_x.shape[1])
   centres, present = class_centres(train_x, train_y, num_classes)
-  # ||f - μ||² = ||f||² - 2 fᵀμ + ||μ||²; the first term does not change the argmin.
-  scores = test_x @ centres.T - 0.5 * np.sum(centres**2, axis=1)
-  return np.argmax(np.where(present, scores, -np.inf), axis=1)
+  return nearest_centre_classify(test_x, centres, present)
 
 
 def nearest_centre(train_x, train_y, test_x, test_y, *,

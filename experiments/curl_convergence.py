@@ -8,7 +8,7 @@
     training loss and error (fraction of tuples with some v_i ≤ 0) per iteration, mean
     output norm, relative parameter movement max_l ‖W_l(T) − W_l(0)‖_F / ‖W_l(0)‖_F, kernel
     drift ‖Θ(T) − Θ(0)‖_F / ‖Θ(0)‖_F, λ_min(Θ(0)) (empirical NTK of the n·d stacked outputs,
-    computed layer-wise by `contrax.ntk.layerwise_ntk`). Log–log slopes of movement and
+    computed layer-wise by `contrax.theory.ntk.layerwise_ntk`). Log–log slopes of movement and
     drift against width are fitted per depth (theory: about −½ for the movement).
 (b) negatives: for k ∈ {1, 2, 4, 8, 16}, an NTK-MLP encoder trained by the same gradient
     descent on CURL tuples with k negatives (collisions allowed, as in CURL), on synthetic
@@ -93,7 +93,8 @@ from tqdm.auto import tqdm
 from contrax import _checks
 from contrax import config as config_lib
 from contrax import data as data_lib
-from contrax import models, ntk, theory
+from contrax import models, theory
+from contrax.theory import ntk
 from contrax.losses import curl
 
 matplotlib.use("Agg")

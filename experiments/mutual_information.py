@@ -1,7 +1,7 @@
-"""Mutual information done rigorously (SPEC §5, [P003]): four studies on known-MI tasks.
+"""Mutual information done rigorously (Lee et al. 2024): four studies on known-MI tasks.
 
-[P003]'s exact statements could not be read; the claims tested here and the settings are our
-reconstruction (SPEC §5), labelled as such in every output.
+Lee et al. 2024's exact statements could not be read; the claims tested here and the settings
+are our reconstruction, labelled as such in every output.
 
 (a) staircase: critics trained on correlated Gaussians (dimension 20) whose true MI steps
     through 2, 4, 6, 8, 10 nats; every estimator (InfoNCE, NWJ, DV, MINE, JS, SMILE-1/5/∞)
@@ -52,10 +52,11 @@ Result of the default command (seed 0; every number is in runs/mutual_informatio
     critic at learning rate 1e-3, NWJ, MINE and the NWJ readout of JS diverge (exp of the
     unbounded dot-product scores): a documented failure, not averaged away (a side run at
     learning rate 2e-4, batch 64, kept them finite but far behind the truth after 400 steps
-    per level).
+    per level). To *estimate* MI with these bounds, use `contrax.mi.estimate_mi`, which
+    trains the critic with InfoNCE or JS and only reads the bound out.
 (b) training estimate vs information carried (linear encoder, exact MI of the features):
     dot-product critic: B = 4 trains to an InfoNCE of 0.94 ≤ log 4 = 1.39 nats, yet its
-    features carry 3.84 nats = 95 % of the 4.06 nats of the B = 256 encoder (SPEC's
+    features carry 3.84 nats = 95 % of the 4.06 nats of the B = 256 encoder (our
     reference: 3.78 and 4.02). Negative-distance critic: B = 4 → 1.22 ≤ log 4, 3.55 nats =
     87 % of 4.08. The MLP encoder (MI estimated by a fresh separable critic, K = 4096,
     which reads 3.5–3.7 nats for the linear features of exact MI 4.06, so it is itself
@@ -73,6 +74,9 @@ Result of the default command (seed 0; every number is in runs/mutual_informatio
     Along "task bits first, then nuisance bits" the accuracy against I(V1; V2) is a
     reverse U (0.58 → 0.79 → 0.50): what the views share, not how much, sets the accuracy.
     Single seed; individual cells move by ±0.05.
+(c) and (d) were measured with a scikit-learn logistic probe per bit; the script now probes
+    with `contrax.evaluate.linear_probe` (same protocol: standardised features, L2 chosen on
+    a stratified validation split), so a rerun may move individual accuracies slightly.
 """
 from __future__ import annotations
 
@@ -94,16 +98,15 @@ from tqdm.auto import tqdm
 
 from contrax import config as config_lib
 from contrax import data as data_lib
-from contrax import mi
+from contrax import evaluate, mi, models
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 PARTS = ("staircase", "small_batch", "measure", "infomin")
-RECONSTRUCTION_NOTE = ("[P003]'s exact statements could not be read; these studies and the "
-                       "claims they test are our reconstruction (SPEC §5).")
+RECONSTRUCTION_NOTE = ("Lee et al. 2024's exact statements could not be read; these studies and "
+                       "the claims they test are our reconstruction.")
 TRAINED_HEADS = ("infonce", "nwj", "dv", "mine", "js")  # js's critic also gives SMILE readouts
-SMILE_TAUS = {"smile-1": 1.0, "smile-5": 5.0, "smile-inf": math.inf}
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -250,167 +253,17 @@ def _run_chunks(scan: Callable, carry, keys: jax.Array, xs=None, consts=None, *,
   return carry, stacked
 
 
-def _make_critic(name: str, hidden: int, embed_dim: int, concat_hidden: int):
-  if name == "separable":
-    return mi.SeparableCritic((hidden,), embed_dim)
-  if name == "bilinear":
-    return mi.BilinearCritic()
-  if name == "concat":
-    return mi.ConcatCritic((concat_hidden,))
-  raise ValueError(f"unknown critic {name!r}; valid choices: {tuple(mi.CRITICS)}")
-
-
-def _readouts(name: str, scores: jax.Array, state):
-  """`(surrogate, new MINE state, {readout: value})` for a critic trained as `name`: the
-  JS-trained critic also gives the SMILE(τ) readouts."""
-  value, state = mi.objective(name, scores, state)
-  values = {name: value}
-  if name == "js":
-    fixed = jax.lax.stop_gradient(scores)
-    for readout, tau in SMILE_TAUS.items():
-      values[readout] = mi.smile_estimate(fixed, tau)
-  return value, state, values
-
-
-def readout_head(estimator: str) -> str:
-  """The training objective whose critic gives `estimator`'s readout (SMILE: JS)."""
-  return "js" if estimator.startswith("smile-") else estimator
-
-
-def _critic_training(critic, heads: Sequence[str], sample: Callable, learning_rate: float):
-  """`(init, step)` for Adam training of one critic per head on pairs `sample(key, x_in)`.
-
-  The heads' parameters are stacked and the critic applied with `vmap` (one traced network
-  for all heads); head h maximises `mi.objective(h, ·)`. `init(key, x_in) -> carry`;
-  `step(carry, (key, x_in)) -> (carry, {readout: value})` is a `lax.scan` body.
-  """
-  optimizer = optax.adam(learning_rate)
-  apply_all = jax.vmap(critic.apply, in_axes=(0, None, None))
-
-  def init(key, x_in):
-    x, y = sample(key, x_in)
-    params = jax.vmap(critic.init, in_axes=(0, None, None))(
-        jax.random.split(key, len(heads)), x, y)
-    return params, optimizer.init(params), mi.mine_init()
-
-  def loss(params, mine_state, x, y):
-    scores = apply_all(params, x, y)
-    total, values, new_mine = 0.0, {}, mine_state
-    for i, h in enumerate(heads):
-      value, state, readouts = _readouts(h, scores[i], mine_state)
-      if h == "mine":
-        new_mine = state
-      total = total - value
-      values.update(readouts)
-    return total, (new_mine, values)
-
-  def step(carry, inputs):
-    params, opt_state, mine_state = carry
-    key, x_in = inputs
-    x, y = sample(key, x_in)
-    grads, (mine_state, values) = jax.grad(loss, has_aux=True)(params, mine_state, x, y)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state, mine_state), values
-
-  return init, step
-
-
-def fresh_critic_estimate(features: Callable, key: jax.Array, *, estimator: str,
-                          critic_batch: int, critic_steps: int, learning_rate: float,
-                          eval_batch: int, eval_repeats: int) -> jax.Array:
-  """The MI of a frozen representation, estimated by a *fresh* critic (traceable; vmap it
-  over representations).
-
-  `features(key, n) -> (f(x), f(y))` gives n feature pairs. A separable critic (hidden 128,
-  embedding 32) is trained with `estimator`'s objective at batch `critic_batch` for
-  `critic_steps` Adam steps; `estimator` is then read out on `eval_repeats` fresh batches of
-  `eval_batch` pairs and averaged (nats).
-  """
-  critic = mi.SeparableCritic((128,), 32)
-  head = readout_head(estimator)
-  init, step = _critic_training(critic, (head,), lambda k, _: features(k, critic_batch),
-                                learning_rate)
-  keys = jax.random.split(jax.random.fold_in(key, 1), critic_steps)
-  (params, _, _), _ = jax.lax.scan(step, init(key, None), (keys, None))
-  params = jax.tree.map(lambda p: p[0], params)
-
-  def read(k):
-    scores = critic.apply(params, *features(k, eval_batch))
-    return _readouts(head, scores, mi.mine_init())[2][estimator]
-
-  return jnp.mean(jax.vmap(read)(jax.random.split(jax.random.fold_in(key, 2), eval_repeats)))
-
-
-def masked_infonce(scores: jax.Array, num_valid) -> jax.Array:
-  """`mi.infonce` of the leading `num_valid × num_valid` block of `scores` (static shape:
-  the other rows and columns are masked), so batch sizes can share one compiled program."""
-  k = scores.shape[0]
-  valid = jnp.arange(k) < num_valid
-  per_row = jnp.diagonal(scores) - jax.nn.logsumexp(
-      jnp.where(valid[None, :], scores, -jnp.inf), axis=1)
-  return jnp.sum(jnp.where(valid, per_row, 0.0)) / num_valid + jnp.log(num_valid)
-
-
-PAIR_CRITICS = {"dot": 0.0, "distance": 1.0}
-"""Critics on a shared encoder's features, by their weight λ in `pair_scores`."""
-
-
-def pair_scores(zx: jax.Array, zy: jax.Array, distance_weight=0.0) -> jax.Array:
-  """`S_ij = z_xiᵀ z_yj − (λ/2)(‖z_xi‖² + ‖z_yj‖²)`: the dot-product critic (λ = 0) or the
-  negative half squared distance `−½‖z_xi − z_yj‖²` (λ = 1). λ may be traced (vmapped)."""
-  sq = lambda z: jnp.sum(jnp.square(z), axis=1)  # noqa: E731
-  return zx @ zy.T - 0.5 * distance_weight * (sq(zx)[:, None] + sq(zy)[None, :])
-
-
-def _infonce_step(apply: Callable, sample_views: Callable, batch: int,
-                  optimizer: optax.GradientTransformation) -> Callable:
-  """A `lax.scan` body on carry `(params, opt_state)` and input `(key, num_valid,
-  distance_weight)`: one Adam step on the InfoNCE of `pair_scores(f(x), f(y), λ)` (shared
-  encoder `f = apply(params, ·)`) over the first `num_valid` of `batch` sampled pairs.
-  Outputs the training InfoNCE estimate (≤ log num_valid)."""
-
-  def step(carry, inputs):
-    params, opt_state = carry
-    key, num_valid, distance_weight = inputs
-    x, y = sample_views(key, batch)
-
-    def loss(params):
-      scores = pair_scores(apply(params, x), apply(params, y), distance_weight)
-      return -masked_infonce(scores, num_valid)
-
-    value, grads = jax.value_and_grad(loss)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), -value
-
-  return step
+def _mlp(hidden: int, features: int) -> nn.Module:
+  """`Dense(hidden) → ReLU → Dense(features)`: an encoder of flat vectors."""
+  return models.ProjectionHead(projection_dim=features, hidden_dim=hidden, batch_norm=False)
 
 
 def _bit_probe_accuracy(train_features, train_bits, test_features, test_bits) -> float:
-  """Mean over bits of a linear probe's test accuracy (SPEC §8: standardised features,
-  logistic regression, C chosen on a validation split carved from the training features)."""
-  from sklearn.linear_model import LogisticRegression
-  from sklearn.preprocessing import StandardScaler
-  train_features = np.asarray(train_features, np.float64)
-  test_features = np.asarray(test_features, np.float64)
-  n_val = max(1, len(train_features) // 5)
-
-  def fit(x, y, c):
-    scaler = StandardScaler().fit(x)
-    return scaler, LogisticRegression(C=c, max_iter=500).fit(scaler.transform(x), y)
-
-  accuracies = []
-  for k in range(train_bits.shape[1]):
-    y, y_test = train_bits[:, k], test_bits[:, k]
-    if len(np.unique(y[n_val:])) < 2:
-      accuracies.append(float(np.mean(y_test == np.bincount(y, minlength=2).argmax())))
-      continue
-    scores = {}
-    for c in (0.01, 0.1, 1.0, 10.0):
-      scaler, probe = fit(train_features[n_val:], y[n_val:], c)
-      scores[c] = probe.score(scaler.transform(train_features[:n_val]), y[:n_val])
-    scaler, probe = fit(train_features, y, max(scores, key=scores.get))
-    accuracies.append(float(probe.score(scaler.transform(test_features), y_test)))
-  return float(np.mean(accuracies))
+  """Mean over bits of the test accuracy of `contrax.evaluate.linear_probe` (standardised
+  features, L2 chosen on a validation split of the training features) on each bit."""
+  return float(np.mean([
+      evaluate.linear_probe(train_features, train_bits[:, k], test_features, test_bits[:, k],
+                            num_classes=2)["accuracy"] for k in range(train_bits.shape[1])]))
 
 
 def _save_json(workdir: str, name: str, payload) -> str:
@@ -434,13 +287,14 @@ def run_staircase(config: ml_collections.ConfigDict, workdir: str) -> dict:
   bar = _bar(config, len(runs) * len(rhos), "(a) staircase")
   traces, table = {}, []
   for run_index, (critic_name, batch) in enumerate(runs):
-    critic = _make_critic(critic_name, c.hidden, c.embed_dim, c.concat_hidden)
+    critic = mi.make_critic(critic_name, embed_dim=c.embed_dim,
+                            hidden_dim=c.concat_hidden if critic_name == "concat" else c.hidden)
 
     def sample(key, rho, batch=batch):
       return mi.correlated_gaussian(key, batch, jnp.full((c.dim,), rho), cubic=c.cubic)
 
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), run_index)
-    init, step = _critic_training(critic, TRAINED_HEADS, sample, c.learning_rate)
+    init, step = mi.critic_training(critic, TRAINED_HEADS, sample, optax.adam(c.learning_rate))
     keys = jax.random.split(jax.random.fold_in(key, 1), len(rhos))
     _, values = _run_chunks(_chunked_scan(lambda _, step=step: step), jax.jit(init)(key, rhos[0]),
                             keys, jnp.asarray(rhos, jnp.float32),
@@ -563,7 +417,7 @@ def _plot_staircase(path: str, traces: dict, truth: np.ndarray, batch: int,
         ax.set_ylabel(f"{critic}\nnats", fontsize=8)
       ax.tick_params(labelsize=7)
   fig.suptitle(f"MI staircase, batch {batch} (black: true MI; red dashed: log B). "
-               "Our reconstruction of [P003] (SPEC §5).", fontsize=9)
+               "Our reconstruction of Lee et al. 2024.", fontsize=9)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
@@ -587,7 +441,7 @@ def _encoder(kind: str, c):
   if kind == "linear":
     return nn.Dense(c.features, use_bias=False)
   if kind == "mlp":
-    return mi.MLP((c.mlp_hidden,), c.features)
+    return _mlp(c.mlp_hidden, c.features)
   raise ValueError(f"unknown small_batch encoder {kind!r}; valid choices: 'linear', 'mlp'")
 
 
@@ -596,14 +450,14 @@ def run_small_batch(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   For each encoder, every (critic, batch size) pair trains in one vmapped program: each step
   samples max(B) pairs and the InfoNCE of configuration B uses the first B of them
-  (`masked_infonce`); the critic is `pair_scores` with its λ.
+  (`mi.masked_infonce`); the critic is `mi.pair_scores` with its λ.
   """
   c = config.small_batch
   rho = small_batch_rho(c)
   rho_j = jnp.asarray(rho, jnp.float32)
   settings = [(critic, int(b)) for critic in c.critics for b in c.batch_sizes]
   num_valid = jnp.asarray([b for _, b in settings], jnp.float32)
-  weights = jnp.asarray([PAIR_CRITICS[critic] for critic, _ in settings], jnp.float32)
+  weights = jnp.asarray([mi.PAIR_CRITICS[critic] for critic, _ in settings], jnp.float32)
   max_batch = max(b for _, b in settings)
   tail = max(1, c.steps // 10)
 
@@ -618,7 +472,7 @@ def run_small_batch(config: ml_collections.ConfigDict, workdir: str) -> dict:
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), e)
     params = jax.jit(jax.vmap(encoder.init, in_axes=(0, None)))(
         jax.random.split(key, len(settings)), jnp.zeros((1, c.dim)))
-    one_step = _infonce_step(encoder.apply, sample_views, max_batch, optimizer)
+    one_step = mi.infonce_step(encoder.apply, sample_views, max_batch, optimizer)
 
     def step(carry, inputs, one_step=one_step):
       keys = jax.random.split(inputs[0], len(settings))
@@ -635,11 +489,11 @@ def run_small_batch(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return encoder.apply(p, x), encoder.apply(p, y)
 
       def trained(k):
-        return mi.infonce(pair_scores(*features(k, c.eval_batch), weight))
+        return mi.infonce(mi.pair_scores(*features(k, c.eval_batch), weight))
 
       trained_eval = jnp.mean(jax.vmap(trained)(
           jax.random.split(jax.random.fold_in(key, 11), c.eval_repeats)))
-      fresh_eval = fresh_critic_estimate(
+      fresh_eval = mi.fresh_critic_estimate(
           features, jax.random.fold_in(key, 99), estimator="infonce",
           critic_batch=c.critic_batch, critic_steps=c.critic_steps, learning_rate=1e-3,
           eval_batch=c.eval_batch, eval_repeats=c.eval_repeats)
@@ -724,7 +578,7 @@ def _plot_small_batch(path: str, result: dict) -> None:
   axes[0, 0].set_ylabel("nats")
   axes[0, 0].legend(fontsize=7)
   fig.suptitle("Small batch bounds the InfoNCE value, not the MI carried. "
-               "Our reconstruction of [P003] (SPEC §5).", fontsize=9)
+               "Our reconstruction of Lee et al. 2024.", fontsize=9)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
@@ -746,7 +600,7 @@ def _flat(images: jax.Array) -> jax.Array:
 def _masked_mlp(hidden: int, max_dim: int):
   """An MLP encoder whose `dim`-d variant is the first `dim` outputs (the rest zeroed by a
   mask), so encoders of several widths share one vmapped program."""
-  encoder = mi.MLP((hidden,), max_dim)
+  encoder = _mlp(hidden, max_dim)
 
   def apply(rep, x):
     params, mask = rep
@@ -802,7 +656,7 @@ def run_measure(config: ml_collections.ConfigDict, workdir: str,
 
   def make_step(channel):
     def one_step(carry, key, mask):
-      step = _infonce_step(lambda p, x: encoder.apply(p, x) * mask, _channel_views(channel),
+      step = mi.infonce_step(lambda p, x: encoder.apply(p, x) * mask, _channel_views(channel),
                            c.batch_size, optimizer)
       return step(carry, (key, float(c.batch_size), 0.0))
 
@@ -829,7 +683,7 @@ def run_measure(config: ml_collections.ConfigDict, workdir: str,
         x, y = _channel_views(channels[1])(k, num)
         return apply(rep, x), apply(rep, y)
 
-      return fresh_critic_estimate(
+      return mi.fresh_critic_estimate(
           features, jax.random.fold_in(key, 5), estimator=estimator,
           critic_batch=c.critic_batch, critic_steps=c.critic_steps, learning_rate=1e-3,
           eval_batch=c.critic_batch, eval_repeats=8)
@@ -865,7 +719,7 @@ def _plot_measure(path: str, result: dict) -> None:
              label=f"ceiling I(X1;X2) = {result['ceiling_nats']:.2f} nats")
   ax.set_xlabel(f"estimated I(f(X1); f(X2)) [{result['estimator']}], nats")
   ax.set_ylabel("linear-probe accuracy on the bits")
-  ax.set_title("MI as a measure (labels: training steps). Our reconstruction of [P003].",
+  ax.set_title("MI as a measure (labels: training steps). Our reconstruction of Lee et al. 2024.",
                fontsize=8)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
@@ -899,7 +753,7 @@ def run_infomin(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                 for t, n in grid]), jnp.float32)
   channels = [mi.label_channel(x, y, num_bits=num_bits, flip_prob=0.5, classes=c.classes)
               for x, y in _image_pools(c.data, config.seed)]
-  encoder = mi.MLP((c.hidden,), c.embed_dim)
+  encoder = _mlp(c.hidden, c.embed_dim)
   optimizer = optax.adam(c.learning_rate)
   key = jax.random.PRNGKey(config.seed + 3)
   params = jax.jit(jax.vmap(encoder.init, in_axes=(0, None)))(
@@ -908,7 +762,7 @@ def run_infomin(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def make_step(channel):
     def one_step(carry, key, flip_prob):
       views = _channel_views(channel.replace(flip_prob=flip_prob))
-      return _infonce_step(encoder.apply, views, c.batch_size, optimizer)(
+      return mi.infonce_step(encoder.apply, views, c.batch_size, optimizer)(
           carry, (key, float(c.batch_size), 0.0))
 
     return lambda carry, inputs: jax.vmap(one_step)(
@@ -963,7 +817,7 @@ def _plot_infomin(path: str, result: dict) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle(f"InfoMin toy ({t_max} task + {n_max} nuisance tiles, embedding dim "
-               f"{result['embed_dim']}). Our reconstruction of [P003] (SPEC §5).", fontsize=9)
+               f"{result['embed_dim']}). Our reconstruction of Lee et al. 2024.", fontsize=9)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
@@ -982,9 +836,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"unknown critic {critic!r} in staircase.critics; valid choices: "
                        f"{tuple(mi.CRITICS)}")
   for critic in config.small_batch.critics:
-    if critic not in PAIR_CRITICS:
+    if critic not in mi.PAIR_CRITICS:
       raise ValueError(f"unknown critic {critic!r} in small_batch.critics; valid choices: "
-                       f"{tuple(PAIR_CRITICS)}")
+                       f"{tuple(mi.PAIR_CRITICS)}")
   for kind in config.small_batch.encoders:
     if kind not in ("linear", "mlp"):
       raise ValueError(f"unknown encoder {kind!r} in small_batch.encoders; valid choices: "

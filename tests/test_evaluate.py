@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 from sklearn.preprocessing import StandardScaler
 
-from contrax import evaluate, models
+from contrax import data, evaluate, models
 
 NUM_CLASSES = 4
 DIM = 12
@@ -86,18 +86,19 @@ def test_linear_probe_single_l2_matches_sklearn_on_test():
   assert 0.5 < result["accuracy"] < 1.0  # the task is neither trivial nor hopeless
 
 
-def test_stratified_split_is_disjoint_complete_and_balanced():
-  labels = np.repeat(np.arange(5), [10, 20, 7, 2, 1])
-  fit, val = evaluate._stratified_split(labels, 0.2, seed=3)
-  assert np.intersect1d(fit, val).size == 0
-  np.testing.assert_array_equal(np.sort(np.concatenate([fit, val])), np.arange(labels.size))
-  np.testing.assert_array_equal(np.bincount(labels[val], minlength=5), [2, 4, 1, 1, 0])
+def test_linear_probe_validation_split_needs_two_rows_per_class():
+  # The validation split is contrax.data.stratified_split (scikit-learn's, tested in
+  # test_data.py); a class with one training row cannot be stratified: a clear error.
+  train_x = np.random.default_rng(0).normal(size=(21, 3))
+  train_y = np.repeat(np.arange(3), [10, 10, 1])
+  with pytest.raises(ValueError, match="cannot split train_y"):
+    evaluate.linear_probe(train_x, train_y, train_x, train_y)
 
 
 def test_linear_probe_chooses_l2_like_sklearn_on_the_validation_split():
   grid = (1e-4, 1e-2, 1.0)
   result = evaluate.linear_probe(*TRAIN, *TEST, l2_grid=grid, val_fraction=0.25, seed=7)
-  fit, val = evaluate._stratified_split(TRAIN[1], 0.25, seed=7)
+  fit, val = data.stratified_split(TRAIN[1], test_fraction=0.25, seed=7)
   expected = {}
   for l2 in grid:
     clf, val_x = _sklearn_probe(TRAIN[0][fit], TRAIN[1][fit], TRAIN[0][val], l2)
@@ -139,6 +140,7 @@ def _knn_numpy(train_x, train_y, test_x, k, temperature, num_classes):
 
 
 @pytest.mark.parametrize("k, temperature", [(1, 0.1), (15, 0.1), (200, 0.07), (10_000, 0.5)])
+@pytest.mark.filterwarnings("ignore:k=10000 exceeds the memory bank")
 def test_knn_matches_numpy_oracle(k, temperature):
   predictions = evaluate.knn_predict(*TRAIN, TEST[0], k=k, temperature=temperature,
                                      batch_size=32)
@@ -154,6 +156,15 @@ def test_knn_matches_sklearn_cosine_with_exponential_weights():
   sklearn_knn.fit(*TRAIN)
   np.testing.assert_array_equal(evaluate.knn_predict(*TRAIN, TEST[0], k=20, temperature=0.1),
                                 sklearn_knn.predict(TEST[0]))
+
+
+def test_knn_warns_when_k_exceeds_the_memory_bank():
+  n = len(TRAIN[1])
+  with pytest.warns(UserWarning, match=f"k={n + 1} exceeds the memory bank of {n} training rows"):
+    predictions = evaluate.knn_predict(*TRAIN, TEST[0], k=n + 1, temperature=0.5)
+  np.testing.assert_array_equal(predictions, _knn_numpy(*TRAIN, TEST[0], n, 0.5, NUM_CLASSES))
+  with pytest.warns(UserWarning, match="exceeds the memory bank"):
+    evaluate.knn(*TRAIN, *TEST, k=n + 1)
 
 
 def test_knn_small_temperature_does_not_underflow():

@@ -6,8 +6,6 @@ import json
 import math
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -25,25 +23,6 @@ def _load_experiment():
 
 
 exp = _load_experiment()
-
-
-def test_masked_infonce_is_infonce_of_the_leading_block():
-  scores = jax.random.normal(jax.random.PRNGKey(0), (9, 9)) * 3.0
-  masked = jax.jit(exp.masked_infonce)
-  for n in (2, 5, 9):
-    np.testing.assert_allclose(float(masked(scores, float(n))),
-                               float(mi.infonce(scores[:n, :n])), rtol=1e-5, atol=1e-6)
-
-
-def test_pair_scores_dot_and_distance():
-  rng = np.random.default_rng(0)
-  zx, zy = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
-  np.testing.assert_allclose(np.asarray(exp.pair_scores(jnp.asarray(zx), jnp.asarray(zy))),
-                             zx @ zy.T, rtol=1e-5, atol=1e-5)
-  distance = -0.5 * np.sum((zx[:, None] - zy[None]) ** 2, axis=-1)
-  np.testing.assert_allclose(
-      np.asarray(exp.pair_scores(jnp.asarray(zx), jnp.asarray(zy), 1.0)), distance,
-      rtol=1e-5, atol=1e-5)
 
 
 def test_small_batch_task_attains_the_configured_mi():

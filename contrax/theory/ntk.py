@@ -1,4 +1,4 @@
-"""Empirical neural tangent kernel and lazy-training diagnostics (SPEC §7, [P000]).
+"""Empirical neural tangent kernel and lazy-training diagnostics (Merad et al. 2020).
 
 For an encoder `f(θ, X)` with outputs `[n, d]`, stack the outputs row-major into a vector of
 length `n·d` (entry `i·d + a` is output coordinate a of input i) and let `J = ∂ vec f / ∂θ`
@@ -20,7 +20,8 @@ Two ways to compute it, neither of which materialises J:
 
 Diagnostics of the lazy (kernel) regime, which theory predicts shrink like `m^{-1/2}` with the
 width m: `kernel_drift` `‖Θ(t) − Θ(0)‖_F / ‖Θ(0)‖_F` and `parameter_movement`
-`‖W_l(t) − W_l(0)‖_F / ‖W_l(0)‖_F` per layer; `min_eigenvalue` gives `λ_min(Θ)`, which the
+`‖W_l(t) − W_l(0)‖_F / ‖W_l(0)‖_F` per layer (relative to the whole layer at init, so that
+zero-initialised biases stay finite); `min_eigenvalue` gives `λ_min(Θ)`, which the
 convergence argument needs bounded away from zero (Allen-Zhu, Li & Song 2019; Du et al. 2019).
 """
 from __future__ import annotations
@@ -144,16 +145,34 @@ def kernel_drift(theta_t: jax.Array, theta_0: jax.Array) -> jax.Array:
 
 
 def parameter_movement(params_t: PyTree, params_0: PyTree) -> dict[str, jax.Array]:
-  """Relative movement `‖W_l(t) − W_l(0)‖_F / ‖W_l(0)‖_F` of every parameter array.
+  """Relative movement of every parameter array, measured against its layer's size at init:
 
-  Keys are the '/'-joined pytree paths (e.g. 'W2'); the lazy-regime statistic of SPEC §7 is
-  the maximum over the returned values.
+      movement(θ) = ‖θ(t) − θ(0)‖_F / ‖L(0)‖_F,
+
+  where the layer L of an array is all the arrays of its parent node (a Flax `Dense` layer's
+  `kernel` and `bias` together); an array at the top level of the tree is its own layer.
+  This is `‖W_l(t) − W_l(0)‖_F / ‖W_l(0)‖_F` for the bias-free kernels of `NTKMLP` and
+  `AllenZhuMLP`, and it stays finite for zero-initialised arrays (every `nn.Dense` bias),
+  whose own norm at init is 0: a bias moved by Δ reports `‖Δ‖ / ‖kernel(0)‖` (with a zero
+  bias). A layer that is entirely zero at init reports the absolute movement `‖θ(t) − θ(0)‖_F`.
+
+  Keys are the '/'-joined pytree paths (e.g. 'W2', 'Dense_0/bias'); the lazy-regime
+  statistic (which theory predicts shrinks like `m^{-1/2}` with the width m) is the maximum
+  over the returned values.
   """
   flat_t, tree_t = jax.tree_util.tree_flatten_with_path(params_t)
   flat_0, tree_0 = jax.tree_util.tree_flatten_with_path(params_0)
   if tree_t != tree_0:
     raise ValueError(f"params_t and params_0 must have the same structure, got {tree_t} and "
                      f"{tree_0}")
-  return {jax.tree_util.keystr(path, simple=True, separator="/"):
-          jnp.linalg.norm(w_t - w_0) / jnp.linalg.norm(w_0)
-          for (path, w_t), (_, w_0) in zip(flat_t, flat_0)}
+  layer_of = lambda path: path[:-1] if len(path) > 1 else path  # noqa: E731
+  squared = {}
+  for path, w_0 in flat_0:
+    squared[layer_of(path)] = squared.get(layer_of(path), 0.0) + jnp.sum(jnp.square(w_0))
+  movement = {}
+  for (path, w_t), (_, w_0) in zip(flat_t, flat_0):
+    layer_norm = jnp.sqrt(squared[layer_of(path)])
+    scale = jnp.where(layer_norm > 0, layer_norm, 1.0)
+    movement[jax.tree_util.keystr(path, simple=True, separator="/")] = (
+        jnp.linalg.norm(w_t - w_0) / scale)
+  return movement

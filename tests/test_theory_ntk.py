@@ -1,11 +1,14 @@
 """Empirical NTK against an explicit `jax.jacrev` Jacobian product; drift and movement formulas."""
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from contrax import models, ntk
+from contrax import models
+from contrax.theory import ntk
 
 
 class TanhNet(nn.Module):
@@ -151,5 +154,22 @@ def test_drift_movement_and_min_eigenvalue_against_numpy():
     assert np.isclose(float(moved[key]), np.linalg.norm(wt - w0) / np.linalg.norm(w0), rtol=1e-5)
   with pytest.raises(ValueError, match="theta_t and theta_0"):
     ntk.kernel_drift(theta_t, theta_0[:5, :5])
+
+
+def test_parameter_movement_of_zero_initialised_bias_is_relative_to_the_layer():
+  # A Dense layer with kernel 3·I (‖kernel‖_F = 3·√2) and a zero bias; the bias moves by
+  # (3, 4) (‖Δ‖ = 5) and the kernel by 0.3 in one entry. Relative to the layer at init:
+  # bias 5 / (3√2), kernel 0.3 / (3√2); a zero layer reports the absolute movement.
+  p0 = {"Dense_0": {"kernel": 3.0 * np.eye(2), "bias": np.zeros(2)},
+        "Dense_1": {"kernel": np.zeros((2, 1)), "bias": np.zeros(1)}}
+  pt = {"Dense_0": {"kernel": 3.0 * np.eye(2) + np.array([[0.0, 0.3], [0.0, 0.0]]),
+                    "bias": np.array([3.0, 4.0])},
+        "Dense_1": {"kernel": np.array([[1.0], [0.0]]), "bias": np.array([2.0])}}
+  moved = {k: float(v) for k, v in ntk.parameter_movement(pt, p0).items()}
+  assert all(np.isfinite(v) for v in moved.values())
+  assert moved["Dense_0/bias"] == pytest.approx(5.0 / (3.0 * math.sqrt(2.0)), rel=1e-6)
+  assert moved["Dense_0/kernel"] == pytest.approx(0.3 / (3.0 * math.sqrt(2.0)), rel=1e-6)
+  assert moved["Dense_1/kernel"] == pytest.approx(1.0, rel=1e-6)
+  assert moved["Dense_1/bias"] == pytest.approx(2.0, rel=1e-6)
   with pytest.raises(ValueError, match="chunk_size"):
     ntk.empirical_ntk(lambda p, x: x * p, 1.0, jnp.ones((2, 2)), chunk_size=0)
