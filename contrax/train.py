@@ -410,10 +410,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
   try:
     optimizer, mesh = validate_config(config)
     dataset = _load_data(config)
-    run = runs.open_run(workdir, config, image_shape=dataset.train.image_shape, resume=resume,
-                        overwrite=overwrite)
     model = create_model(config)  # builds the module only: nothing is traced or compiled
     method = create_method(config, model)
+    run = runs.open_run(workdir, config, image_shape=dataset.train.image_shape, resume=resume,
+                        overwrite=overwrite)
   except (ValueError, TypeError, OSError) as e:
     raise ConfigError(str(e)) from e
 

@@ -40,9 +40,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAULT_RUN = os.path.join(ROOT, "tests", "_fault_run.py")
 CLI = os.path.join(ROOT, "experiments", "pretrain.py")
 STEPS, EVERY = 12, 4
-CLI_FLAGS = ["--steps", str(STEPS), "--checkpoint_every", str(EVERY), "--batch_size", "32",
-             "--log_every", "1", "--eval_every", "0", "--num_devices", "1",
-             "--progress", "false", "--knn_k", "20", "--seed", "3"]
+CLI_FLAGS = [f"--config.{k}={v}" for k, v in dict(
+    steps=STEPS, checkpoint_every=EVERY, batch_size=32, log_every=1, eval_every=0,
+    num_devices=1, progress="false", knn_k=20, seed=3).items()]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -443,13 +443,18 @@ def assert_one_line_error(done: subprocess.CompletedProcess, status: int, patter
 
 
 @pytest.mark.parametrize("flags,pattern", [
-    (["--loss", "nope"], r"^error: unknown loss 'nope'; valid choices: .*'debiased', .*'ntxent'"),
-    (["--steps", "many"], r"^error: --steps takes an integer, got 'many'$"),
-    (["--num_devices", "2"], r"^error: num_devices must be .*got 2$"),
-    (["--batch_size", "5000"], r"^error: batch_size 5000 is larger than the 1347 training"),
+    (["--config.loss=nope"],
+     r"^error: unknown loss 'nope'; valid choices: .*'debiased', .*'ntxent'"),
+    (["--config.steps=many"], r"^error: flag --config.steps=many: .*'many'$"),
+    (["--config.num_devices=2"], r"^error: num_devices must be .*got 2$"),
+    (["--config.batch_size=5000"], r"^error: batch_size 5000 is larger than the 1347 training"),
+    (["--config.nope=1"], r"^error: .*config.nope"),
+    (["--config", "imagenet"], r"^error: unknown --config 'imagenet'; valid choices: cifar10, "
+                               r"digits$"),
+    (["--resume", "--overwrite"], r"^error: resume and overwrite exclude each other"),
 ])
 def test_cli_bad_input_is_one_error_line_and_status_2(tmp_path, flags, pattern):
-  done = run_cli([*flags, "--workdir", str(tmp_path / "run"), "--progress", "false"])
+  done = run_cli([*flags, "--workdir", str(tmp_path / "run"), "--config.progress=false"])
   assert_one_line_error(done, 2, pattern)
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
@@ -460,6 +465,6 @@ def test_cli_unwritable_workdir_and_corrupt_folder(tmp_path):
   done = run_cli(["--workdir", str(blocker / "run")])
   assert_one_line_error(done, 2, r"^error: workdir '.*a_file/run' is not writable")
   spec = corrupt_image_folder(tmp_path / "images")
-  done = run_cli(["--data", spec, "--on_bad_file", "raise", "--batch_size", "8",
-                  "--workdir", str(tmp_path / "run")])
+  done = run_cli([f"--config.data={spec}", "--config.on_bad_file=raise",
+                  "--config.batch_size=8", "--workdir", str(tmp_path / "run")])
   assert_one_line_error(done, 2, r"^error: image folder .*3 of 31 files are not readable")
