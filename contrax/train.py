@@ -184,16 +184,21 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                     trust_ratio_mask=not_bias_or_norm, momentum=0.9)
 
 
-def create_model(config: ml_collections.ConfigDict) -> models.ContrastiveModel:
-  """The model of a run: `config.model` with its projection and (if set) stage widths."""
+def _encoder_options(config: ml_collections.ConfigDict) -> dict:
+  """`{"widths": ...}` if the config sets stage widths (checked), else `{}`."""
   widths = tuple(config.get("widths", ()))
   if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
     raise ValueError(f"widths must be positive integers, got {widths!r}")
   if widths and config.model == "mlp":
     raise ValueError(f"widths={widths!r} applies to the convnet and resnet18 models, "
                      "not 'mlp'")
+  return {"widths": widths} if widths else {}
+
+
+def create_model(config: ml_collections.ConfigDict) -> models.ContrastiveModel:
+  """The model of a run: `config.model` with its projection and (if set) stage widths."""
   return models.create(config.model, projection_dim=config.projection_dim,
-                       bn_axis_name=parallel.DATA_AXIS, **({"widths": widths} if widths else {}))
+                       bn_axis_name=parallel.DATA_AXIS, **_encoder_options(config))
 
 
 def create_method(config: ml_collections.ConfigDict, model) -> methods.Method:
@@ -371,6 +376,7 @@ def validate_config(config: ml_collections.ConfigDict):
   """Check every name and number of a config before any data loading or compilation."""
   _checks.choice("data source", config.data.split(":", 1)[0], data.SOURCES)
   _checks.choice("model", config.model, models.MODELS)
+  _encoder_options(config)
   augment.get(config.augmentation)
   make_loss(config)
   optimizer = make_optimizer(config)
@@ -410,10 +416,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
   try:
     optimizer, mesh = validate_config(config)
     dataset = _load_data(config)
-    model = create_model(config)  # builds the module only: nothing is traced or compiled
-    method = create_method(config, model)
     run = runs.open_run(workdir, config, image_shape=dataset.train.image_shape, resume=resume,
                         overwrite=overwrite)
+    model = create_model(config)  # builds the module only: nothing is traced or compiled
+    method = create_method(config, model)
   except (ValueError, TypeError, OSError) as e:
     raise ConfigError(str(e)) from e
 
