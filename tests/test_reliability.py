@@ -425,9 +425,10 @@ def test_unusable_data_is_an_error_before_compilation(tmp_path, no_compilation, 
 
 def test_corrupt_image_folder_trains_with_skip(tmp_path, no_final_eval):
   spec = corrupt_image_folder(tmp_path / "images")
-  with pytest.warns(UserWarning, match=r"3 of 31 files are not readable images.*skipped"):
+  with pytest.warns(UserWarning, match=r"3 of 31 files are not readable images.*skipped") as w:
     summary = train.pretrain(tiny_config(data=spec, batch_size=8, steps=2, checkpoint_every=0),
                              str(tmp_path / "run"))
+  assert [r.filename for r in w] == [__file__]  # the warning names the user's call (19.11)
   assert summary["steps"] == 2
   assert all_finite(restore(str(tmp_path / "run")))
 
