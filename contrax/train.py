@@ -232,9 +232,12 @@ def init_state(model, optimizer, key, image_shape, *,
   dummy = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
   variables = model.init(key, dummy, train=False)
   params = variables["params"]
+  # Copied: an extra state that starts as the parameters (an EMA target) must not share their
+  # buffers, since the step donates the whole state.
+  extra = jax.tree.map(jnp.copy, init_extra(params))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
-                    opt_state=optimizer.init(params), extra=init_extra(params))
+                    opt_state=optimizer.init(params), extra=extra)
 
 
 def _all_finite(tree) -> jax.Array:
