@@ -146,7 +146,7 @@ PRESETS: dict[str, Augmentation] = {
     # 8x8 grayscale digits: no flip (it changes digits), mild zoom, intensity jitter, noise.
     "digits": Augmentation(crop_scale=(0.5, 1.0), crop_ratio=(3 / 4, 4 / 3),
                            jitter=(0.4, 0.4, 0.0, 0.0), jitter_prob=0.8, noise_std=0.05),
-    # The augmentation study of SPEC §3 (Huang et al., Table 1 and Table 2). For Table 2's
+    # The augmentation study of Huang et al. 2023 ([P001], Tables 1 and 2). For Table 2's
     # strength sweep use `with_color_strength(get("crop+jitter"), s)`.
     "crop": _CROP,
     "crop+flip": dataclasses.replace(_CROP, **_FLIP),

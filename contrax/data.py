@@ -8,7 +8,7 @@ A source is chosen by one string (`load(spec)`):
 | `synthetic` | seeded latent-class images: a random prototype per class plus Gaussian noise |
 | `folder:PATH` | an image folder, `PATH/<class>/*.png|jpg|jpeg`, read into memory with Pillow |
 | `npz:PATH` | a `.npz` with `x_train, y_train, x_test, y_test` |
-| `tfds:NAME` | a TFDS dataset through `tfds.data_source` (ArrayRecord random access, no TensorFlow) |
+| `tfds:NAME` | a prepared TFDS dataset (ArrayRecord random access, no TensorFlow, no download) |
 
 Every source gives an `ImageDataset` of two `Split`s. A split is random access: `split[indices]`
 returns `(images uint8 [n, H, W, C], labels int32 [n])`. `batches` turns a split into the
@@ -345,8 +345,8 @@ def _load_npz(path: str, *, seed: int, num_classes: int | None = None) -> ImageD
 class _RecordSplit:
   """A lazy split over a random-access sequence of `{"image": [H, W, C], "label": int}` records.
 
-  Records are read on demand (`tfds.data_source` gives one: ArrayRecord reads, decoded with
-  NumPy, no TensorFlow); labels are read once, on first use of `labels`.
+  Records are read on demand (a TFDS builder's `as_data_source` gives one: ArrayRecord reads,
+  decoded with NumPy, no TensorFlow); labels are read once, on first use of `labels`.
   """
 
   def __init__(self, source: Sequence[dict], image_shape: tuple[int, int, int]):
@@ -373,19 +373,57 @@ class _RecordSplit:
     return f"_RecordSplit(source={self.source!r}, len={len(self)})"
 
 
-def _load_tfds(name: str, *, seed: int, data_dir: str | None = None,
-               train_split: str = "train", test_split: str = "test",
-               download: bool = True) -> ImageDataset:
-  """TFDS `name` (e.g. `cifar10`, `cifar100`, `stl10`) read lazily through `tfds.data_source`.
+_TFDS_BUILD = "`tfds build {name} --data_dir DIR --file_format array_record`"
 
-  Needs fields `image` (fixed shape) and `label` (a `ClassLabel`); `seed` is unused.
+
+def _tfds_is_prepared(builder) -> bool:
+  """`builder.is_prepared()`, without its warning log line when the folder does not exist."""
+  return builder.data_path.exists() and builder.is_prepared()
+
+
+def _prepared_tfds_builder(name: str, data_dir: str | None):
+  """The TFDS builder of `name`, checked to be prepared, without any network access.
+
+  contrax never downloads: a dataset that is not prepared is a ValueError that says where
+  TFDS looked and how to prepare it offline.
+  """
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"{str(e).splitlines()[0]} (tfds.list_builders() lists the TFDS "
+                     f"dataset names)") from None
+  if not _tfds_is_prepared(builder):
+    raise ValueError(
+        f"TFDS dataset {name!r} is not prepared in the data directory {builder.data_dir_root} "
+        f"(TFDS looked for {builder.data_dir}); contrax does not download. Prepare it with "
+        f"{_TFDS_BUILD.format(name=name)} on a machine with network access, copy DIR to this "
+        f"machine and point to it with the TFDS_DATA_DIR environment variable or the "
+        f"data_dir option")
+  return builder
+
+
+def _load_tfds(name: str, *, seed: int, data_dir: str | None = None,
+               train_split: str = "train", test_split: str = "test") -> ImageDataset:
+  """TFDS `name` (e.g. `mnist`, `cifar10`, `cifar100`, `stl10`) read lazily, never downloaded.
+
+  The dataset must already be prepared in ArrayRecord format under `data_dir` (default:
+  `TFDS_DATA_DIR`, else `~/tensorflow_datasets`): `tfds build NAME --data_dir DIR
+  --file_format array_record`. Records are read through the builder's data source (no
+  TensorFlow). Needs fields `image` (fixed shape) and `label` (a `ClassLabel`); `seed` is
+  unused.
   """
   del seed
-  import tensorflow_datasets as tfds
-  sources = {
-      part: tfds.data_source(name, split=split, data_dir=data_dir, download=download)
-      for part, split in (("train", train_split), ("test", test_split))}
-  features = sources["train"].dataset_info.features
+  builder = _prepared_tfds_builder(name, data_dir)
+  try:
+    sources = {part: builder.as_data_source(split=split)
+               for part, split in (("train", train_split), ("test", test_split))}
+  except NotImplementedError:  # prepared in a format without random access (tfrecord)
+    raise ValueError(
+        f"TFDS dataset {name!r} in {builder.data_dir} is stored as "
+        f"{builder.info.file_format.value}, which has no random access; contrax reads "
+        f"array_record. Rebuild it with {_TFDS_BUILD.format(name=name)}") from None
+  features = builder.info.features
   for key in ("image", "label"):
     if key not in features:
       raise ValueError(f"TFDS dataset {name!r} has no field {key!r}; its fields are "
@@ -428,7 +466,8 @@ def load(spec: str, *, seed: int = 0, **options) -> ImageDataset:
     synthetic: num_classes=10, image_shape=(8, 8, 1), num_train=1000, num_test=200, spread=0.1.
     folder: test_fraction=0.1, on_bad_file="skip" | "raise", num_threads=None (a default pool).
     npz: num_classes=None (from `class_names` in the file, else max label + 1).
-    tfds: data_dir=None, train_split="train", test_split="test", download=True.
+    tfds: data_dir=None (TFDS_DATA_DIR, else ~/tensorflow_datasets), train_split="train",
+      test_split="test"; the dataset must be prepared there (it is never downloaded).
   """
   if not isinstance(spec, str):
     raise TypeError(f"spec must be a string such as 'digits' or 'folder:PATH', got {spec!r}")

@@ -245,7 +245,7 @@ def init_variables(model: nn.Module, key: jax.Array, image_shape: Sequence[int],
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
-# --- Over-parameterised ReLU encoders for the NTK / convergence studies (SPEC §7, [P000]) ---
+# --- Over-parameterised ReLU encoders for the NTK / convergence studies ([P000] Merad et al.) ---
 #
 # Both take vectors `[n, d_in]` (trailing dimensions are flattened; no image normalisation:
 # theory inputs are points on the sphere) and return `[n, out_dim]` outputs (float32; float64
@@ -279,7 +279,7 @@ def _ntk_dense(module: nn.Module, name: str, u: jax.Array, kernel: jax.Array) ->
 
 
 class NTKMLP(nn.Module):
-  """Deep ReLU MLP in NTK parameterisation (Jacot et al. 2018; SPEC §7, [P000]).
+  """Deep ReLU MLP in NTK parameterisation (Jacot et al. 2018; [P000] Merad et al. 2020).
 
   With `h_0 = x`, `L = depth` hidden layers of width `m = width` and weights `W_l ~ N(0, 1)`:
 

@@ -9,9 +9,10 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 CELLS = [
     new_markdown_cell("""# α-CL: the max player is PCA, ReLU fixed points have higher rank
 
-SPEC §6; [P004] Tian 2022 (arXiv 2201.12680). With the pairwise importances α frozen, a
-gradient step on a contrastive loss is a gradient *ascent* step on the energy
-`E_α = Σ_ij α_ij (d²_ij − d²_i)`. For a linear map `z = W x` this is `½ tr(W C_α Wᵀ)` with the
+[P004] Tian 2022 (arXiv 2201.12680;
+[formulas](../docs/references.md#alpha-cl-coordinate-wise-optimisation)). With the pairwise
+importances α frozen, a gradient step on a contrastive loss is a gradient *ascent* step on the
+energy `E_α = Σ_ij α_ij (d²_ij − d²_i)`. For a linear map `z = W x` this is `½ tr(W C_α Wᵀ)` with the
 contrastive covariance `C_α` (`contrax.theory.contrastive_covariance`), so for a deep linear
 network with unit-Frobenius layers the maximum is `λ_max(C_α)/2`, reached by rank-1 layers
 aligned with C_α's top eigenvector. This notebook runs parts (a) and (b) of

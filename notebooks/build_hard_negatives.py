@@ -9,15 +9,16 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 CELLS = [
     new_markdown_cell("""# Hard negatives as regularised optimal transport
 
-A small tour of `contrax.ot` and `contrax.negatives` (SPEC §4; [P002] Jiang, Ishwar, Aeron
-2023). On a toy batch of two views of clustered points on the sphere we look at the entropic
+A small tour of `contrax.ot` and `contrax.negatives` ([P002] Jiang, Ishwar, Aeron 2023;
+[formulas](../docs/references.md#hard-negatives-as-regularised-optimal-transport)). On a toy
+batch of two views of clustered points on the sphere we look at the entropic
 coupling of the in-batch cost `C_ij = ||z_i - z_j||^2`, the negative weights `w = 2B pi` it
 induces for one anchor, and how the regularisation eps moves them between *hardest*
 (small eps) and *uniform* (SimCLR / DCL, large eps). The training study is
 `python experiments/hard_negatives.py`."""),
     new_code_cell("""import jax, jax.numpy as jnp, numpy as np
 import matplotlib.pyplot as plt
-from contrax import negatives, ot
+from contrax import negatives, ot, plotting
 
 # 3 clusters on the unit sphere in 3-D, B = 12 images, two noisy views each (2B = 24 rows).
 rng = np.random.RandomState(0)
@@ -31,17 +32,24 @@ print('stacked cost', problem.cost.shape, '; negatives per anchor:', int(problem
 
 Balanced entropic OT with uniform marginals: self and positive pairs (the two diagonals) get
 a large finite cost and exactly zero mass. Rows are sorted by cluster, so same-cluster
-(hard) negatives sit in the diagonal blocks."""),
+(hard) negatives sit in the diagonal blocks. The three panels share one colour scale, so
+their colours compare directly: each row of `2B pi` sums to 1 over the anchor's 22
+negatives (uniform weights would all be 1/22 = 0.045)."""),
     new_code_cell("""order = np.argsort(np.concatenate([labels, labels]), kind='stable')
 epsilons = (0.1, 0.5, 2.0)
-fig, axes = plt.subplots(1, len(epsilons), figsize=(11, 3.4))
-for ax, eps in zip(axes, epsilons):
+weights_by_eps = {}
+for eps in epsilons:
   pi, diag = ot.coupling(z1, z2, epsilon=eps, num_iterations=200)
-  ax.imshow(np.asarray(pi)[np.ix_(order, order)] * 24, cmap='viridis')
-  ax.set_title(f'eps = {eps}: 2B * pi')
+  weights_by_eps[eps] = np.asarray(pi)[np.ix_(order, order)] * 24
   print(f'eps={eps}: row / column marginal error {float(diag.row_marginal_error):.1e} / '
         f'{float(diag.column_marginal_error):.1e}, converged {bool(diag.converged)}')
-plt.tight_layout(); plt.show()"""),
+vmax = max(w.max() for w in weights_by_eps.values())
+fig, axes = plt.subplots(1, len(epsilons), figsize=(13, 3.6), layout='constrained')
+for ax, (eps, w) in zip(axes, weights_by_eps.items()):
+  plotting.heatmap(ax, w, vmin=0.0, vmax=vmax, label='weight 2B * pi_ij')
+  ax.set_title(f'eps = {eps}')
+  ax.set_xlabel('column j (sorted by cluster)'); ax.set_ylabel('anchor i (sorted by cluster)')
+plt.show()"""),
     new_markdown_cell("""## The weights of one anchor
 
 Weights of anchor 0 over its 22 negatives, sorted by similarity: uniform (SimCLR/DCL),

@@ -9,10 +9,12 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 CELLS = [
     new_markdown_cell("""# Mutual information done rigorously: estimators on known-MI tasks
 
-A small-size tour of `experiments/mutual_information.py` (SPEC §5; [P003] Lee, Kim, Kang,
-Rhee 2023). **[P003]'s exact statements could not be read; the studies below are our
-reconstruction (SPEC §5).** The full run, with (c) MI as a measure and (d) the InfoMin toy,
-is `python experiments/mutual_information.py`.
+A small-size tour of `experiments/mutual_information.py` ([P003] Lee, Kim, Kang, Rhee 2024;
+the estimators and the known-MI tasks are written out in
+[the references](../docs/references.md#mutual-information-estimators-and-known-mi-tasks)).
+**[P003]'s exact statements could not be read; the studies below are our reconstruction.**
+The full run, with (c) MI as a measure and (d) the InfoMin toy, is
+`python experiments/mutual_information.py`.
 
 Set `CONTRAX_NOTEBOOK_SIZE=tiny` to run everything in seconds (as the tests do)."""),
     new_code_cell("""import importlib.util, math, os, tempfile

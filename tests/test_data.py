@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import os
+import shutil
 import threading
 import time
 
@@ -315,23 +317,71 @@ def test_npz_type_errors(tmp_path):
 # ----------------------------------------------------------------------------- tfds
 
 
-def test_tfds_cifar10_through_mock_data():
+@pytest.fixture
+def mock_tfds(monkeypatch):
+  """`tfds.testing.mock_data`, with its datasets reported as prepared.
+
+  mock_data fakes the records of any registered dataset but not the prepared files, which
+  contrax looks for before reading so that a missing dataset is never downloaded.
+  """
   tfds = pytest.importorskip("tensorflow_datasets")
+  monkeypatch.setattr(data, "_tfds_is_prepared", lambda builder: True)
   with tfds.testing.mock_data(num_examples=12):
-    ds = data.load("tfds:cifar10")
-    source = tfds.data_source("cifar10", split="test")
-    # Without metadata files the mock knows cifar10's 10 classes but not their names.
-    assert ds.num_classes == 10
-    assert ds.class_names == tuple(source.dataset_info.features["label"].names)
-    assert ds.train.image_shape == (32, 32, 3) and len(ds.train) == len(ds.test) == 12
-    indices = np.array([5, 0, 11, 5])
-    images, labels = ds.test[indices]
-    assert images.dtype == np.uint8 and labels.dtype == np.int32
-    np.testing.assert_array_equal(images, np.stack([source[int(i)]["image"] for i in indices]))
-    np.testing.assert_array_equal(labels, [source[int(i)]["label"] for i in indices])
-    np.testing.assert_array_equal(ds.test.labels, [source[i]["label"] for i in range(12)])
-    images, labels = next(data.batches(ds.train, batch_size=4, seed=0))
-    assert images.shape == (4, 32, 32, 3) and labels.shape == (4,)
+    yield tfds
+
+
+@pytest.mark.parametrize("name, image_shape", [("cifar10", (32, 32, 3)), ("mnist", (28, 28, 1))])
+def test_tfds_through_mock_data(mock_tfds, name, image_shape):
+  ds = data.load(f"tfds:{name}")
+  source = mock_tfds.data_source(name, split="test")
+  # Without metadata files the mock knows the 10 classes but not their names.
+  assert ds.name == f"tfds:{name}" and ds.num_classes == 10
+  assert ds.class_names == tuple(source.dataset_info.features["label"].names)
+  assert ds.train.image_shape == image_shape and len(ds.train) == len(ds.test) == 12
+  indices = np.array([5, 0, 11, 5])
+  images, labels = ds.test[indices]
+  assert images.dtype == np.uint8 and labels.dtype == np.int32
+  np.testing.assert_array_equal(images, np.stack([source[int(i)]["image"] for i in indices]))
+  np.testing.assert_array_equal(labels, [source[int(i)]["label"] for i in indices])
+  np.testing.assert_array_equal(ds.test.labels, [source[i]["label"] for i in range(12)])
+  images, labels = next(data.batches(ds.train, batch_size=4, seed=0))
+  assert images.shape == (4, *image_shape) and labels.shape == (4,)
+
+
+def test_tfds_not_prepared_fails_fast_without_network(tmp_path, monkeypatch):
+  # Regression: `--data tfds:mnist` on a machine without the data retried the network for
+  # 3.5 minutes, then ended in a traceback. Nothing may be downloaded: every download entry
+  # point of TFDS raises here.
+  tfds = pytest.importorskip("tensorflow_datasets")
+
+  def no_network(*args, **kwargs):
+    raise AssertionError("contrax tried to download")
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
+  monkeypatch.setattr(tfds.download.DownloadManager, "download", no_network)
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", no_network)
+  monkeypatch.setattr(tfds.core.utils.gcs_utils, "exists", no_network)
+  with pytest.raises(ValueError) as error:
+    data.load("tfds:mnist", data_dir=str(tmp_path))
+  message = str(error.value)
+  assert "'mnist' is not prepared" in message
+  assert str(tmp_path) in message and str(tmp_path / "mnist") in message
+  assert "tfds build mnist --data_dir DIR --file_format array_record" in message
+  assert "TFDS_DATA_DIR" in message and "data_dir" in message
+  assert "\n" not in message
+  assert not any(tmp_path.iterdir())  # nothing was written either
+
+
+def test_tfds_unknown_dataset_is_one_line():
+  pytest.importorskip("tensorflow_datasets")
+  with pytest.raises(ValueError, match="contrax_no_such_dataset not found") as error:
+    data.load("tfds:contrax_no_such_dataset")
+  assert "\n" not in str(error.value)
+
+
+def test_tfds_download_option_is_gone():
+  with pytest.raises(ValueError, match="unknown option.*download"):
+    data.load("tfds:mnist", download=True)
 
 
 @pytest.fixture(scope="module")
@@ -381,6 +431,20 @@ def test_tfds_unknown_split_is_an_error(tiny_tfds):
   data_dir, _ = tiny_tfds
   with pytest.raises(ValueError, match="validation"):
     data.load("tfds:contrax_tiny_images", data_dir=data_dir, test_split="validation")
+
+
+def test_tfds_prepared_without_random_access_is_one_clear_error(tiny_tfds, tmp_path):
+  # The same dataset recorded as tfrecord (what `tfds build` writes by default): TFDS's own
+  # NotImplementedError would end in a traceback; contrax says how to rebuild it.
+  data_dir = tmp_path / "tfds"
+  shutil.copytree(tiny_tfds[0], data_dir)
+  (info_path,) = data_dir.glob("contrax_tiny_images/*/dataset_info.json")
+  info = json.loads(info_path.read_text())
+  assert info["fileFormat"] == "array_record"
+  info_path.write_text(json.dumps(dict(info, fileFormat="tfrecord")))
+  with pytest.raises(ValueError, match="stored as tfrecord, which has no random access.*"
+                     "tfds build contrax_tiny_images --data_dir DIR --file_format array_record"):
+    data.load("tfds:contrax_tiny_images", data_dir=str(data_dir))
 
 
 # ----------------------------------------------------------------------------- batches
