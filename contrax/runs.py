@@ -91,23 +91,15 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def write_plots(workdir: str) -> list[str]:
-  """loss.png (training loss vs step) and accuracy.png (kNN test accuracy vs step)."""
+  """loss.png (training loss vs step) and accuracy.png (kNN test accuracy vs step, the step-0
+  baseline and the final linear probe) of the run's metrics records."""
   records = read_metrics(workdir)
   written = []
-  train = [r for r in records if "loss" in r]
-  if train:
-    path = os.path.join(workdir, "loss.png")
-    plotting.line_plot(path, {"train loss": ([r["step"] for r in train], [r["loss"] for r in train])},
-                       xlabel="step", ylabel="loss", title="training loss")
-    written.append(path)
-  evals = [r for r in records if "knn_accuracy" in r]
-  if evals:
-    path = os.path.join(workdir, "accuracy.png")
-    plotting.line_plot(path, {"kNN test accuracy": ([r["step"] for r in evals],
-                                                    [r["knn_accuracy"] for r in evals])},
-                       xlabel="step", ylabel="kNN test accuracy",
-                       title="kNN accuracy on the held-out test split", markers=True)
-    written.append(path)
+  for name, figure, key in (("loss.png", plotting.loss_figure, "loss"),
+                            ("accuracy.png", plotting.accuracy_figure, "knn_accuracy")):
+    if any(key in r for r in records):
+      written.append(os.path.join(workdir, name))
+      plotting.save(figure(records), written[-1])
   return written
 
 

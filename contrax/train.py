@@ -448,8 +448,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
       mesh, run, schedule=make_schedule(config), evaluate_knn=evaluate_knn)
 
   results = evaluate.evaluate_all(model, state.variables(), dataset, knn_k=config.knn_k)
-  run.log.write({"step": int(state.step), "knn_accuracy": results["knn_accuracy"],
-                 "linear_accuracy": results.get("linear_accuracy")})
+  final = {k: results[k] for k in ("knn_accuracy", "linear_accuracy") if k in results}
+  run.log.write({"step": int(state.step), **final})
   summary = {
       "data": config.data, "model": config.model, "loss": config.loss, "steps": int(state.step),
       **results,
