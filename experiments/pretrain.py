@@ -1,102 +1,114 @@
 """The main job: SimCLR-style contrastive pre-training, then kNN / linear-probe evaluation.
 
-Command (the README's first command runs it; defaults: digits, MLP encoder, NT-Xent):
+Command (the README's first command; defaults: digits, MLP encoder, NT-Xent):
 
     python experiments/pretrain.py
 
-Any config field is a flag, e.g. the CIFAR-10 image-folder subset with the ConvNet:
+A named config (digits, cifar10) and any field of it as a flag, e.g. the CPU-scale CIFAR
+recipe, shorter, or on an image folder of your own:
 
-    python experiments/pretrain.py --data folder:../shared/data/cifar10-train-10k \
-        --model convnet --augmentation simclr --steps 2000 --batch_size 256
+    python experiments/pretrain.py --config cifar10 --config.steps=2000
+    python experiments/pretrain.py --config cifar10 --config.data=folder:PATH
 
-The CPU-scale CIFAR recipe (the 10,000-image CIFAR-10 subset, ConvNet, ~30 min on 2 cores;
-`--config` picks a base config, flags still override it):
+Writes runs/NAME/ (or --workdir): config.json, metrics.jsonl, loss.png, accuracy.png,
+summary.json, checkpoints/. A workdir that already holds a run is refused: --resume continues
+it from its latest checkpoint (same config; more steps allowed), --overwrite replaces it.
 
-    python experiments/pretrain.py --config cifar10
-
-Writes runs/<name>/ (or --workdir): config.json, metrics.jsonl, loss.png, accuracy.png,
-summary.json, checkpoints/. `--resume` continues from the latest checkpoint.
-
-A bad flag, config, output directory or data set prints one `error: ...` line and exits
-with status 2 before anything is compiled; a run stopped by a non-finite loss or update
-(`--on_nonfinite stop`) prints the step and the last good checkpoint and exits with status 1.
-
-Runtime and result of the default command on a 2-core CPU: see README.md ("Results").
+A bad flag, config, output directory or data set prints one `error: ...` line and exits with
+status 2 before anything is compiled; a run stopped by a non-finite loss or update
+(--config.on_nonfinite=stop) prints the step and the last good checkpoint and exits with
+status 1. Runtime and result of the default command on a 2-core CPU: see README.md.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
 
 import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from contrax import config as config_lib
 from contrax import train
 
-
-def cifar10_config():
-  """The CPU-scale CIFAR recipe (issue 12): SimCLR on the CIFAR-10 image-folder subset.
-
-  The 10,000 images are split 9,000 / 1,000 (stratified, `data.load`'s test_fraction=0.1):
-  pre-training and the kNN memory bank / linear-probe training set use the 9,000, accuracy is
-  measured on the 1,000 held-out images. Budget: about 30 minutes on a quiet 2-core CPU
-  (README, "Results").
-  """
-  c = train.default_config()
-  c.name = "cifar10"
-  c.data = "folder:../shared/data/cifar10-train-10k"
-  c.model = "convnet"
-  c.projection_dim = 128
-  c.augmentation = "simclr"
-  c.temperature = 0.2
-  c.batch_size = 128
-  c.steps = 3500
-  c.learning_rate = 2e-3
-  c.warmup_steps = 200
-  c.eval_every = 500
-  c.checkpoint_every = 500
-  return c
+CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "pretrain.py")
+_spec = importlib.util.spec_from_file_location("pretrain_configs", CONFIG_FILE)
+configs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(configs)
 
 
-CONFIGS = {"digits": train.default_config, "cifar10": cifar10_config}
+def define_flags() -> None:
+  """--config (the named config, with a --config.FIELD flag per field), --workdir, --resume,
+  --overwrite, --distributed."""
+  config_flags.DEFINE_config_file(
+      "config", CONFIG_FILE,
+      "the named config: " + ", ".join(configs.CONFIGS) + " (default: digits); any field is "
+      "overridden by --config.FIELD=VALUE (tuples as 8,16). Fields of the default config:\n"
+      + configs.describe(configs.get_config()), lock_config=True)
+  flags.DEFINE_string("workdir", None, "run directory (default: runs/<config.name>)")
+  flags.DEFINE_bool("resume", False, "continue the run in --workdir from its latest "
+                    "checkpoint (its config must match; more steps are allowed)")
+  flags.DEFINE_bool("overwrite", False, "delete the run in --workdir first")
+  flags.DEFINE_bool(
+      "distributed", False, "join a multi-process run: auto-detected on TPU pods, Slurm, Open "
+      "MPI; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (and "
+      "JAX_NUM_CPU_DEVICES on CPU)")
 
 
-def get_config(name: str = "digits"):
-  if name not in CONFIGS:
-    raise ValueError(f"unknown --config {name!r}; valid choices: {', '.join(sorted(CONFIGS))}")
-  return CONFIGS[name]()
-
-
-def fail(error: BaseException, status: int):
+def fail(error, status: int):
   """One `error: ...` line on stderr instead of a traceback, then exit with `status`."""
   print(f"error: {error}", file=sys.stderr)
   sys.exit(status)
 
 
-def _pop_config_name(argv: list) -> str:
-  """Remove `--config NAME` / `--config=NAME` from argv (the base config the flags override)."""
-  for i, arg in enumerate(argv):
+def check_fields(argv: list[str]) -> None:
+  """An unknown `--config.FIELD` is a ValueError listing the fields (absl's config flags
+  would fail with a bare KeyError while being defined)."""
+  fields = configs.get_config().keys()
+  for arg in argv:
+    field = arg[len("--config."):].split("=", 1)[0].split(".", 1)[0]
+    if arg.startswith("--config.") and field not in fields:
+      raise ValueError(f"unknown flag --config.{field}; the fields are {', '.join(fields)}")
+
+
+def _named(argv: list[str]) -> list[str]:
+  """`--config NAME` / `--config=NAME` -> `--config=<configs file>:NAME` (absl's form)."""
+  out, i = [], 0
+  while i < len(argv):
+    arg = argv[i]
     if arg == "--config" and i + 1 < len(argv):
-      name = argv[i + 1]
-      del argv[i:i + 2]
-      return name
-    if arg.startswith("--config="):
-      del argv[i]
-      return arg.split("=", 1)[1]
-  return "digits"
+      arg, i = f"--config={argv[i + 1]}", i + 1
+    if arg.startswith("--config=") and arg[len("--config="):] in configs.CONFIGS:
+      arg = f"--config={CONFIG_FILE}:{arg[len('--config='):]}"
+    elif arg.startswith("--config=") and ":" not in arg and not arg.endswith(".py"):
+      configs.get_config(arg[len("--config="):])  # raises, listing the names
+    out.append(arg)
+    i += 1
+  return out
 
 
-def main(argv=None) -> dict:
-  argv = list(sys.argv[1:] if argv is None else argv)
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with bad input as one `error: ...` line and exit status 2."""
   try:
-    config, args = config_lib.parse(get_config(_pop_config_name(argv)), argv,
-                                    description=__doc__)
-  except ValueError as e:  # an unknown --config, or a flag's value does not parse as its type
+    return flags.FLAGS(_named(argv))
+  except (flags.Error, ValueError) as e:
     fail(e, 2)
-  workdir = args.workdir or os.path.join("runs", config.name)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    fail(f"unexpected arguments {argv[1:]}; flags are --config.FIELD=VALUE", 2)
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+  if flags.FLAGS.distributed:
+    from contrax import parallel  # joining must precede any JAX computation
+    parallel.initialize_distributed()
+  config = flags.FLAGS.config
+  workdir = flags.FLAGS.workdir or os.path.join("runs", config.name)
   try:
-    summary = train.pretrain(config, workdir, resume=args.resume)
+    summary = train.pretrain(config, workdir, resume=flags.FLAGS.resume,
+                             overwrite=flags.FLAGS.overwrite)
   except train.ConfigError as e:  # bad config, output directory or data: nothing was run
     fail(e, 2)
   except FloatingPointError as e:  # the non-finite guard stopped the run
@@ -104,8 +116,12 @@ def main(argv=None) -> dict:
   if jax.process_index() == 0:  # every process holds the same summary
     print(json.dumps(summary, indent=2))
     print(f"run directory: {os.path.abspath(workdir)}")
-  return summary
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  try:
+    check_fields(sys.argv[1:])
+  except ValueError as e:
+    fail(e, 2)
+  define_flags()
+  app.run(main, flags_parser=parse_flags)

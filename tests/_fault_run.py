@@ -29,7 +29,7 @@ import flax  # noqa: E402
 import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
-from contrax import evaluate, train  # noqa: E402
+from contrax import evaluate, runs  # noqa: E402
 
 PADDING_FLOATS = 48 * 2**20  # 192 MiB of float32 noise: orbax needs a while to write it
 
@@ -42,7 +42,7 @@ def committed_steps(checkpoint_dir: str) -> list[int]:
 
 
 def kill_after_step(kill_step: int) -> None:
-  original = train._MetricsLog.write
+  original = runs.MetricsLog.write
 
   def write(self, record):
     original(self, record)
@@ -53,11 +53,11 @@ def kill_after_step(kill_step: int) -> None:
         time.sleep(0.01)
       os.kill(os.getpid(), signal.SIGKILL)
 
-  train._MetricsLog.write = write
+  runs.MetricsLog.write = write
 
 
 def hang_in_save(hang_step: int) -> None:
-  original = train._save
+  original = runs.save
 
   def save(manager, state):
     if int(state.step) != hang_step:
@@ -68,7 +68,7 @@ def hang_in_save(hang_step: int) -> None:
     print("CHECKPOINT WRITE IN FLIGHT", flush=True)
     time.sleep(3600)
 
-  train._save = save
+  runs.save = save
 
 
 def main() -> None:

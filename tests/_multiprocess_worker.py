@@ -7,7 +7,7 @@ with the single-process reference.
 joins the run through `contrax.parallel.initialize_distributed` (CPU devices, gloo
 collectives), trains `STEPS` steps on a mesh over all N·L devices with each process loading
 its own slice of every global batch (`contrax.data.batches(process_index, process_count)`),
-saves and restores the state through orbax (`contrax.train`'s checkpoint manager, every
+saves and restores the state through orbax (`contrax.runs`' checkpoint manager, every
 process taking part), and on process 0 writes the final and the restored parameters to
 `DIR/result.npz`.
 """
@@ -42,6 +42,7 @@ def run_steps(mesh, process_index: int, process_count: int):
   import optax
   from contrax import augment, data, models, parallel, train
   from contrax.losses.infonce import infonce
+  from contrax.methods import contrastive
 
   model = models.create("mlp", projection_dim=8, hidden_sizes=(32,), head_batch_norm=True,
                         bn_axis_name=parallel.DATA_AXIS)
@@ -51,9 +52,9 @@ def run_steps(mesh, process_index: int, process_count: int):
                            batch_stats=variables["batch_stats"],
                            opt_state=optimizer.init(variables["params"]))
   state = jax.device_put(state, parallel.replicated(mesh))
-  step = train.make_train_step(model, optimizer,
-                               functools.partial(infonce, temperature=0.5, tau_plus=0.1),
-                               augment.Augmentation(noise_std=0.05), mesh, seed=SEED)
+  method = contrastive.method(model, functools.partial(infonce, temperature=0.5, tau_plus=0.1),
+                              augment.Augmentation(noise_std=0.05))
+  step = train.make_train_step(method, optimizer, mesh, seed=SEED)
   batches = data.batches(dataset(), batch_size=GLOBAL_BATCH, seed=SEED,
                          process_index=process_index, process_count=process_count)
   compiled = None
@@ -87,7 +88,7 @@ def main(argv=None) -> None:
                                   process_id=args.process_id,
                                   num_cpu_devices=args.local_devices, initialization_timeout=60)
   import jax
-  from contrax import train
+  from contrax import runs
 
   assert jax.process_count() == args.num_processes, jax.process_count()
   assert jax.local_device_count() == args.local_devices, jax.local_device_count()
@@ -95,10 +96,10 @@ def main(argv=None) -> None:
   parallel.check_mesh(mesh)
   state = run_steps(mesh, jax.process_index(), jax.process_count())
 
-  manager = train.checkpoint_manager(os.path.join(args.out, "workdir"))
-  train._save(manager, state)
+  manager = runs.checkpoint_manager(os.path.join(args.out, "workdir"))
+  runs.save(manager, state)
   manager.wait_until_finished()
-  restored = train._restore(manager, state)
+  restored = runs.restore(manager, state)
   if parallel.is_chief():
     final = leaves(state)
     np.savez(os.path.join(args.out, "result.npz"), num_devices=mesh.size,

@@ -1,8 +1,14 @@
 """The experiment CLI: flags are typed by the config's defaults."""
+import os
+import subprocess
+import sys
+
 import ml_collections
 import pytest
 
 from contrax import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def base():
@@ -36,26 +42,70 @@ def test_unknown_flag_exits():
     config_lib.parse(base(), ["--nope", "1"])
 
 
-def _pretrain_cli():
+def _pretrain_configs():
+  """experiments/configs/pretrain.py, loaded as the CLI loads it."""
   import importlib.util
-  import os
-  path = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "pretrain.py")
-  spec = importlib.util.spec_from_file_location("pretrain_cli", path)
+  path = os.path.join(ROOT, "experiments", "configs", "pretrain.py")
+  spec = importlib.util.spec_from_file_location("pretrain_configs", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
 
 
-def test_pretrain_base_configs_are_valid_and_flags_override_them():
+def test_pretrain_named_configs_are_valid():
   from contrax import train
-  cli = _pretrain_cli()
-  for name in cli.CONFIGS:
-    train.validate_config(cli.get_config(name))  # every name and number, no data, no compile
-  argv = ["--steps", "7", "--config=cifar10", "--batch_size", "64"]
-  name = cli._pop_config_name(argv)
-  config, _ = config_lib.parse(cli.get_config(name), argv)
-  assert (name, config.data, config.model, config.steps, config.batch_size) == (
-      "cifar10", "folder:../shared/data/cifar10-train-10k", "convnet", 7, 64)
-  assert cli._pop_config_name(["--steps", "3"]) == "digits"
+  configs = _pretrain_configs()
+  assert set(configs.CONFIGS) == {"digits", "cifar10"}
+  for name in configs.CONFIGS:
+    train.validate_config(configs.get_config(name))  # every name and number, no data, no compile
+  assert configs.get_config().name == "pretrain" and configs.get_config(None).data == "digits"
   with pytest.raises(ValueError, match=r"unknown --config 'nope'; valid choices: cifar10, digits"):
-    cli.get_config("nope")
+    configs.get_config("nope")
+
+
+def test_no_project_path_points_outside_the_repository():
+  """The CIFAR config reads TFDS (a folder is an override), never ../shared (issue 19.9)."""
+  cifar = _pretrain_configs().get_config("cifar10")
+  assert cifar.data == "tfds:cifar10"
+  mine = [os.path.join(ROOT, "experiments", "pretrain.py"),
+          os.path.join(ROOT, "experiments", "configs", "pretrain.py")]
+  mine += [os.path.join(d, n) for d, _, names in os.walk(os.path.join(ROOT, "contrax"))
+           for n in names if n.endswith(".py")]
+  for path in mine:
+    with open(path) as f:
+      assert "../shared" not in f.read(), path
+
+
+def run_pretrain(*args):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "pretrain.py"), *args],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_pretrain_help_lists_configs_fields_defaults_and_choices():
+  """`--help` (issue 19.10): --config with its names, a line per field with its default and
+  help, the valid choices, and the docstring's example commands intact."""
+  from contrax import augment, data, models, objectives, train, weights
+  done = run_pretrain("--help")
+  text = " ".join(done.stdout.split())  # absl wraps lines
+  assert "--config: the named config: digits, cifar10" in text, done.stdout
+  for field, default in _pretrain_configs().flat(train.default_config()):
+    assert f"--config.{field} (default: {default!r})" in text, field
+  for choice in (*data.SOURCES, *models.MODELS, *augment.PRESETS, *train.OPTIMIZERS,
+                 *objectives.LOSS_NAMES, *weights.REGISTRY, *objectives.PRESETS):
+    assert choice in text, choice
+  for flag in ("--workdir", "--[no]resume", "--[no]overwrite", "--[no]distributed"):
+    assert flag + ":" in text, flag
+  assert ("python experiments/pretrain.py --config cifar10 --config.data=folder:PATH"
+          in done.stdout)
+
+
+def test_pretrain_flags_keep_the_element_type_of_tuples(tmp_path):
+  """`--config.widths=8,16` arrives as integers: the run's config.json holds [8, 16]."""
+  done = run_pretrain("--config", "cifar10", "--config.widths=8,16", "--config.steps=1",
+                      "--config.data=digits", "--config.augmentation=digits",
+                      "--config.batch_size=1348", "--workdir", str(tmp_path / "run"))
+  assert done.returncode == 2 and "batch_size 1348 is larger than the 1347" in done.stderr
+  done = run_pretrain("--config.widths=8,16", "--workdir", str(tmp_path / "run"))
+  assert done.returncode == 2
+  assert "error: widths=(8, 16) applies to the convnet" in done.stderr, done.stderr

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import _multiprocess_worker as worker
-from contrax import parallel, train
+from contrax import parallel, runs, train
 from test_parallel import assert_close
 
 NUM_PROCESSES = 2
@@ -117,7 +117,7 @@ def test_pretrain_cli_on_two_processes_equals_one_process(tmp_path):
   port, run = free_port(), tmp_path / "run"
   command = [sys.executable, os.path.join(REPO, "experiments", "pretrain.py"), "--distributed",
              "--workdir", str(run)]
-  command += [arg for k, v in PRETRAIN_FLAGS.items() for arg in (f"--{k}", str(v).lower())]
+  command += [f"--config.{k}={str(v).lower()}" for k, v in PRETRAIN_FLAGS.items()]
   envs = [dict(worker_env(), JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                JAX_NUM_PROCESSES=str(NUM_PROCESSES), JAX_PROCESS_ID=str(i),
                JAX_NUM_CPU_DEVICES=str(LOCAL_DEVICES)) for i in range(NUM_PROCESSES)]
@@ -127,16 +127,17 @@ def test_pretrain_cli_on_two_processes_equals_one_process(tmp_path):
   assert "run directory" in logs[0]
   assert all("kNN test accuracy" not in log and "run directory" not in log
              for log in logs[1:])  # the chief alone reports
-  records = train.read_metrics(str(run))
+  records = runs.read_metrics(str(run))
   keys = [(r["step"], tuple(sorted(r))) for r in records]
-  assert len(keys) == len(set(keys)) == 4  # loss and kNN at steps 2 and 4, written once
+  # kNN at steps 0 (the baseline), 2 and 4, loss at steps 2 and 4, each written once
+  assert len(keys) == len(set(keys)) == 5
   assert {"config.json", "summary.json", "loss.png", "accuracy.png"} <= set(os.listdir(run))
   with open(run / "summary.json") as f:
     assert json.load(f)["devices"] == NUM_PROCESSES * LOCAL_DEVICES
   config = train.default_config()
   config.update(PRETRAIN_FLAGS, num_devices=NUM_PROCESSES * LOCAL_DEVICES)
   train.pretrain(config, str(tmp_path / "reference"))
-  two, one = (train.checkpoint_manager(str(d)) for d in (run, tmp_path / "reference"))
+  two, one = (runs.checkpoint_manager(str(d)) for d in (run, tmp_path / "reference"))
   assert two.latest_step() == one.latest_step() == config.steps
   b = one.restore(config.steps)
   # A checkpoint written by 2 processes restores here, on another topology, given a target.

@@ -25,6 +25,7 @@ from contrax import augment, models, objectives, parallel, train, weights
 from contrax.losses import alpha_cl, barlow, curl
 from contrax.losses.infonce import infonce, ntxent, supervised_infonce
 from oracles import on_views
+from contrax.methods import contrastive
 
 DATA = parallel.DATA_AXIS
 N_DEV = 8
@@ -413,7 +414,8 @@ def run_steps(model, mesh, images):
   loss_fn = functools.partial(infonce, temperature=0.5, tau_plus=0.1)
   state = jax.device_put(init_state(model, optimizer, images.shape[2:]),
                          parallel.replicated(mesh))
-  step = train.make_train_step(model, optimizer, loss_fn, AUGMENTATION, mesh, seed=3)
+  step = train.make_train_step(contrastive.method(model, loss_fn, AUGMENTATION), optimizer, mesh,
+                               seed=3)
   batches = [parallel.shard_host_batch(batch, mesh) for batch in images]
   step = step.lower(state, batches[0]).compile(compiler_options=FAST_COMPILE)
   for batch in batches:
@@ -466,7 +468,8 @@ def test_per_device_batchnorm_is_refused():
 def test_train_step_refuses_a_mesh_without_data_axis():
   mesh = Mesh(np.asarray(jax.devices()), ("batch",))
   with pytest.raises(ValueError, match="mesh must have a 'data' axis"):
-    train.make_train_step(tiny_model("mlp"), optax.sgd(0.1), ntxent, AUGMENTATION, mesh, seed=0)
+    train.make_train_step(contrastive.method(tiny_model("mlp"), ntxent, AUGMENTATION),
+                          optax.sgd(0.1), mesh, seed=0)
 
 
 @pytest.mark.slow

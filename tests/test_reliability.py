@@ -34,15 +34,15 @@ import optax
 import pytest
 from PIL import Image
 
-from contrax import evaluate, models, train
+from contrax import evaluate, models, runs, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAULT_RUN = os.path.join(ROOT, "tests", "_fault_run.py")
 CLI = os.path.join(ROOT, "experiments", "pretrain.py")
 STEPS, EVERY = 12, 4
-CLI_FLAGS = ["--steps", str(STEPS), "--checkpoint_every", str(EVERY), "--batch_size", "32",
-             "--log_every", "1", "--eval_every", "0", "--num_devices", "1",
-             "--progress", "false", "--knn_k", "20", "--seed", "3"]
+CLI_FLAGS = [f"--config.{k}={v}" for k, v in dict(
+    steps=STEPS, checkpoint_every=EVERY, batch_size=32, log_every=1, eval_every=0,
+    num_devices=1, progress="false", knn_k=20, seed=3).items()]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -67,7 +67,7 @@ def leaves(tree) -> list[np.ndarray]:
 
 
 def restore(workdir: str, step: int | None = None) -> dict:
-  manager = train.checkpoint_manager(workdir)
+  manager = runs.checkpoint_manager(workdir)
   step = manager.latest_step() if step is None else step
   return manager.restore(step)
 
@@ -83,7 +83,7 @@ def all_finite(state: dict) -> bool:
 
 
 def losses(workdir: str) -> dict[int, float]:
-  return {r["step"]: r["loss"] for r in train.read_metrics(workdir) if "loss" in r}
+  return {r["step"]: r["loss"] for r in runs.read_metrics(workdir) if "loss" in r}
 
 
 def tiny_config(**overrides):
@@ -122,7 +122,7 @@ def test_sigkill_at_random_step_then_resume_equals_uninterrupted_run(uninterrupt
                    CONTRAX_SKIP_FINAL_EVAL="1", CONTRAX_KILL_AFTER_STEP=str(kill_step))
   assert killed.returncode == -signal.SIGKILL, killed.stderr
   assert max(losses(workdir)) == kill_step and not os.path.exists(f"{workdir}/summary.json")
-  resume_step = train.checkpoint_manager(workdir).latest_step()
+  resume_step = runs.checkpoint_manager(workdir).latest_step()
   assert resume_step is not None and 0 < resume_step <= kill_step
 
   resumed = run_cli([*CLI_FLAGS, "--workdir", workdir, "--resume"], script=FAULT_RUN,
@@ -171,7 +171,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(uninterrupted
   assert not os.path.exists(os.path.join(checkpoints, str(hang_step))), \
       "the write committed before the kill; enlarge _fault_run.PADDING_FLOATS"
   assert orbax_tmp_dirs(checkpoints)  # the torn write is there, and is ignored
-  manager = train.checkpoint_manager(workdir)
+  manager = runs.checkpoint_manager(workdir)
   assert manager.latest_step() == EVERY
   previous = manager.restore(EVERY)
   assert int(previous["step"]) == EVERY and all_finite(previous)
@@ -193,8 +193,8 @@ def toy_state(value: float, step: int) -> train.TrainState:
 def test_partial_checkpoint_left_by_a_crash_is_never_loaded(tmp_path):
   """The directory orbax leaves when killed mid-write (its temporary name, no commit marker)."""
   workdir = str(tmp_path)
-  manager = train.checkpoint_manager(workdir)
-  train._save(manager, toy_state(1.0, 4))
+  manager = runs.checkpoint_manager(workdir)
+  runs.save(manager, toy_state(1.0, 4))
   manager.wait_until_finished()
   checkpoints = os.path.join(workdir, "checkpoints")
   torn = os.path.join(checkpoints, "8.orbax-checkpoint-tmp")
@@ -207,13 +207,13 @@ def test_partial_checkpoint_left_by_a_crash_is_never_loaded(tmp_path):
       else:
         with open(path, "r+b") as f:
           f.truncate(os.path.getsize(path) // 2)
-  manager = train.checkpoint_manager(workdir)
+  manager = runs.checkpoint_manager(workdir)
   assert manager.latest_step() == 4
-  restored = train._restore(manager, toy_state(0.0, 0))
+  restored = runs.restore(manager, toy_state(0.0, 0))
   assert int(restored.step) == 4
   assert_states_equal(restored.params, toy_state(1.0, 4).params, atol=0)
   assert_states_equal(restored.opt_state, toy_state(1.0, 4).opt_state, atol=0)
-  train._save(manager, toy_state(2.0, 12))  # the run goes on: the torn write is cleaned up
+  runs.save(manager, toy_state(2.0, 12))  # the run goes on: the torn write is cleaned up
   manager.wait_until_finished()
   assert manager.all_steps() == [4, 12] and not os.path.exists(torn)
 
@@ -224,9 +224,10 @@ def test_metrics_line_torn_by_a_crash_does_not_block_resume(tmp_path):
   with open(path, "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in records)
     f.write('{"step": 6, "loss": 0.1')  # killed mid-write
-  log = train._MetricsLog(path, start_step=4, enabled=True)
+  log = runs.MetricsLog(path, enabled=True)
+  log.forget_after(4)
   log.write({"step": 5, "loss": 0.5})
-  assert train.read_metrics(str(tmp_path)) == records[:4] + [{"step": 5, "loss": 0.5}]
+  assert runs.read_metrics(str(tmp_path)) == records[:4] + [{"step": 5, "loss": 0.5}]
 
 
 # ----------------------------------------------------------------------------- 3. non-finite
@@ -245,11 +246,11 @@ def poison_gradients_from(monkeypatch, first_bad_step: int):
   """From step `first_bad_step` on, the step's loss is finite but its gradients are NaN."""
   original = train.make_train_step
 
-  def make_train_step(model, optimizer, loss_fn, augmentation, mesh, *, seed):
-    def bad_loss(z1, z2, *, axis_name=None):
-      return loss_fn(nan_gradient(z1), z2, axis_name=axis_name)
-    good = original(model, optimizer, loss_fn, augmentation, mesh, seed=seed)
-    bad = original(model, optimizer, bad_loss, augmentation, mesh, seed=seed)
+  def make_train_step(method, optimizer, mesh, *, seed):
+    def bad_loss(outputs, extra, axis_name):
+      return method.loss((nan_gradient(outputs[0]), *outputs[1:]), extra, axis_name)
+    good = original(method, optimizer, mesh, seed=seed)
+    bad = original(method._replace(loss=bad_loss), optimizer, mesh, seed=seed)
     return lambda state, images: (bad if int(state.step) >= first_bad_step else good)(
         state, images)
 
@@ -267,7 +268,7 @@ def test_nan_gradient_with_finite_loss_stops_naming_step_and_last_checkpoint(
   assert re.search(r"at step 4 \(loss=[0-9.]+, grad_norm=nan\)", message), message
   assert message.endswith(f"last good checkpoint: {last_good}"), message
   assert os.path.isdir(last_good)  # committed before the error was raised
-  manager = train.checkpoint_manager(workdir)
+  manager = runs.checkpoint_manager(workdir)
   assert manager.all_steps() == [3]
   state = manager.restore(3)
   assert int(state["step"]) == 3 and all_finite(state)
@@ -292,7 +293,7 @@ def test_overflowing_update_is_never_checkpointed(tmp_path, monkeypatch, no_fina
   with pytest.raises(FloatingPointError, match=r"at step 0 \(loss=[0-9.]+, grad_norm=[0-9.]+\)"
                      r".*last good checkpoint: none"):
     train.pretrain(tiny_config(checkpoint_every=1), workdir)
-  assert train.checkpoint_manager(workdir).latest_step() is None
+  assert runs.checkpoint_manager(workdir).latest_step() is None
 
 
 # ----------------------------------------------------------------------------- 5. bad config
@@ -424,9 +425,10 @@ def test_unusable_data_is_an_error_before_compilation(tmp_path, no_compilation, 
 
 def test_corrupt_image_folder_trains_with_skip(tmp_path, no_final_eval):
   spec = corrupt_image_folder(tmp_path / "images")
-  with pytest.warns(UserWarning, match=r"3 of 31 files are not readable images.*skipped"):
+  with pytest.warns(UserWarning, match=r"3 of 31 files are not readable images.*skipped") as w:
     summary = train.pretrain(tiny_config(data=spec, batch_size=8, steps=2, checkpoint_every=0),
                              str(tmp_path / "run"))
+  assert [r.filename for r in w] == [__file__]  # the warning names the user's call (19.11)
   assert summary["steps"] == 2
   assert all_finite(restore(str(tmp_path / "run")))
 
@@ -442,13 +444,18 @@ def assert_one_line_error(done: subprocess.CompletedProcess, status: int, patter
 
 
 @pytest.mark.parametrize("flags,pattern", [
-    (["--loss", "nope"], r"^error: unknown loss 'nope'; valid choices: .*'debiased', .*'ntxent'"),
-    (["--steps", "many"], r"^error: --steps takes an integer, got 'many'$"),
-    (["--num_devices", "2"], r"^error: num_devices must be .*got 2$"),
-    (["--batch_size", "5000"], r"^error: batch_size 5000 is larger than the 1347 training"),
+    (["--config.loss=nope"],
+     r"^error: unknown loss 'nope'; valid choices: .*'debiased', .*'ntxent'"),
+    (["--config.steps=many"], r"^error: flag --config.steps=many: .*'many'$"),
+    (["--config.num_devices=2"], r"^error: num_devices must be .*got 2$"),
+    (["--config.batch_size=5000"], r"^error: batch_size 5000 is larger than the 1347 training"),
+    (["--config.nope=1"], r"^error: .*config.nope"),
+    (["--config", "imagenet"], r"^error: unknown --config 'imagenet'; valid choices: cifar10, "
+                               r"digits$"),
+    (["--resume", "--overwrite"], r"^error: resume and overwrite exclude each other"),
 ])
 def test_cli_bad_input_is_one_error_line_and_status_2(tmp_path, flags, pattern):
-  done = run_cli([*flags, "--workdir", str(tmp_path / "run"), "--progress", "false"])
+  done = run_cli([*flags, "--workdir", str(tmp_path / "run"), "--config.progress=false"])
   assert_one_line_error(done, 2, pattern)
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
@@ -459,6 +466,6 @@ def test_cli_unwritable_workdir_and_corrupt_folder(tmp_path):
   done = run_cli(["--workdir", str(blocker / "run")])
   assert_one_line_error(done, 2, r"^error: workdir '.*a_file/run' is not writable")
   spec = corrupt_image_folder(tmp_path / "images")
-  done = run_cli(["--data", spec, "--on_bad_file", "raise", "--batch_size", "8",
-                  "--workdir", str(tmp_path / "run")])
+  done = run_cli([f"--config.data={spec}", "--config.on_bad_file=raise",
+                  "--config.batch_size=8", "--workdir", str(tmp_path / "run")])
   assert_one_line_error(done, 2, r"^error: image folder .*3 of 31 files are not readable")

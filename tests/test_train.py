@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from contrax import objectives, train
+from contrax import objectives, runs, train
 from contrax.train import TrainState
 
 
@@ -34,7 +34,7 @@ def leaves(tree):
 
 
 def restored_state(workdir):
-  manager = train.checkpoint_manager(workdir)
+  manager = runs.checkpoint_manager(workdir)
   return manager.restore(manager.latest_step())
 
 
@@ -60,9 +60,13 @@ def test_bad_config_is_a_clear_error_before_compiling(tmp_path, field, value, ma
 
 
 def test_widths_reach_the_encoder():
-  """`--widths 8,16` (CLI strings) sets the ConvNet's stage widths; () keeps its default."""
-  config = tiny_config(model="convnet", widths=("8", "16"))
+  """`--config.widths=8,16` sets the ConvNet's stage widths; () keeps its default; the CLI
+  delivers integers, so strings are refused rather than parsed."""
+  config = tiny_config(model="convnet", widths=(8, 16))
   assert train.create_model(config).encoder.widths == (8, 16)
+  config.widths = ("8", "16")
+  with pytest.raises(ValueError, match=r"got \('8', '16'\)"):
+    train.create_model(config)
   config.widths = ()
   assert train.create_model(config).encoder.widths == (16, 32, 64, 128)
   config.widths = (0, 16)
@@ -97,7 +101,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 def train_steps_then_stop(config, workdir, stop_after):
   """Run the loop but stop (like a crash) right after the checkpoint at `stop_after`."""
-  original = train._save
+  original = runs.save
   calls = []
 
   def save_then_crash(manager, state):
@@ -107,12 +111,12 @@ def train_steps_then_stop(config, workdir, stop_after):
       manager.wait_until_finished()
       raise KeyboardInterrupt
 
-  train._save = save_then_crash
+  runs.save = save_then_crash
   try:
     with pytest.raises(KeyboardInterrupt):
       train.pretrain(config, workdir)
   finally:
-    train._save = original
+    runs.save = original
   assert calls == [stop_after]
 
 
@@ -123,7 +127,7 @@ def test_run_directory_contents(tmp_path):
   saved = json.loads((tmp_path / "summary.json").read_text())
   for key in ("knn_accuracy", "linear_accuracy", "nearest_centre_accuracy", "wall_seconds"):
     assert key in saved and key in summary
-  steps = [r["step"] for r in train.read_metrics(str(tmp_path)) if "loss" in r]
+  steps = [r["step"] for r in runs.read_metrics(str(tmp_path)) if "loss" in r]
   assert steps == [2, 4, 6]
 
 
@@ -142,7 +146,7 @@ def test_nonfinite_step_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
   poison_ntxent(monkeypatch)
   with pytest.raises(FloatingPointError, match="step 0.*last good checkpoint: none"):
     train.pretrain(tiny_config(), str(tmp_path))
-  manager = train.checkpoint_manager(str(tmp_path))
+  manager = runs.checkpoint_manager(str(tmp_path))
   assert manager.latest_step() is None  # nothing non-finite was written
 
 

@@ -193,6 +193,7 @@ def measure_contrax_step(name: str, batch: int, config) -> dict:
   import optax
 
   from contrax import augment, models, parallel, train
+  from contrax.methods import contrastive
   from contrax.losses import infonce
 
   model = models.create(name, projection_dim=config.projection_dim,
@@ -203,8 +204,8 @@ def measure_contrax_step(name: str, batch: int, config) -> dict:
   state = jax.device_put(state, parallel.replicated(mesh))
   loss_fn = lambda z1, z2, axis_name=None: infonce(  # noqa: E731
       z1, z2, temperature=config.temperature, axis_name=axis_name)
-  step = train.make_train_step(model, optimizer, loss_fn, augment.get("simclr"), mesh,
-                               seed=config.seed)
+  step = train.make_train_step(contrastive.method(model, loss_fn, augment.get("simclr")),
+                               optimizer, mesh, seed=config.seed)
   images = host_images(batch, config.seed)
   start = time.perf_counter()
   compiled = step.lower(state, parallel.shard_host_batch(images, mesh)).compile()

@@ -1,0 +1,304 @@
+"""The run directory of a training run, and reading finished runs back.
+
+    <workdir>/config.json     the config, plus the image shape of its data set
+    <workdir>/metrics.jsonl   one JSON record a line: training {"step", "loss", "grad_norm",
+                              "learning_rate", "time"}, evaluation {"step", "knn_accuracy"} (the
+                              record at step 0 is the random-init baseline), and the final
+                              {"step", "knn_accuracy", "linear_accuracy"}
+    <workdir>/summary.json    final accuracies, wall time, throughput, image counts
+    <workdir>/loss.png, accuracy.png
+    <workdir>/checkpoints/    orbax: the whole `TrainState`, written atomically
+
+A directory holds one run. A fresh run into a directory that holds anything is refused
+(`--resume` continues it, `--overwrite` replaces it); a resume must use the run's config
+(only the fields in `RESUMABLE_FIELDS` may change) and cannot go back before its checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from typing import Optional
+
+import flax
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from tqdm.auto import tqdm
+
+from contrax import plotting
+
+# Fields a resumed run may change: they set how long the run goes on and what it reports, never
+# the result of a step. (`steps` also sets the length of the cosine schedule: a run resumed with
+# more steps continues the same parameters on the longer schedule.)
+RESUMABLE_FIELDS = frozenset({"steps", "progress", "log_every", "eval_every",
+                              "checkpoint_every", "knn_k", "num_devices", "on_nonfinite"})
+_DERIVED_FIELDS = ("image_shape",)  # written to config.json by the run, not set by the user
+
+
+class ConfigError(ValueError):
+  """A run that cannot start: a bad config, output directory or data set.
+
+  `contrax.train.pretrain` raises it (with the underlying error as `__cause__`) before anything
+  is compiled; the experiment CLI prints it as one `error: ...` line and exits with status 2.
+  """
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class MetricsLog:
+  """Appends JSON lines to `path` (when `enabled`: process 0 only)."""
+
+  def __init__(self, path: str, enabled: bool):
+    self.path, self.enabled = path, enabled
+
+  def forget_after(self, step: int) -> list[dict]:
+    """Drop the records past `step` (a resumed run redoes them); returns the kept records.
+
+    A line torn by a crash mid-write is dropped too: its step is redone.
+    """
+    kept = []
+    if self.enabled and os.path.exists(self.path):
+      with open(self.path) as f:
+        for line in f:
+          try:
+            record = json.loads(line)
+          except ValueError:
+            continue
+          if record["step"] <= step:
+            kept.append(record)
+      with open(self.path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    return kept
+
+  def write(self, record: dict) -> None:
+    if self.enabled:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of `workdir/metrics.jsonl` ([] if there is none)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def write_plots(workdir: str) -> list[str]:
+  """loss.png (training loss vs step) and accuracy.png (kNN test accuracy vs step, the step-0
+  baseline and the final linear probe) of the run's metrics records."""
+  records = read_metrics(workdir)
+  written = []
+  for name, figure, key in (("loss.png", plotting.loss_figure, "loss"),
+                            ("accuracy.png", plotting.accuracy_figure, "knn_accuracy")):
+    if any(key in r for r in records):
+      written.append(os.path.join(workdir, name))
+      plotting.save(figure(records), written[-1])
+  return written
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_manager(workdir: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
+  """orbax manager under `workdir/checkpoints` (any path, made absolute); writes are atomic
+  (temporary directory, then rename).
+
+  A write cut short by a crash leaves only its temporary directory, which `latest_step` never
+  returns and which the next manager on this directory deletes.
+  """
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                         cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def save(manager: ocp.CheckpointManager, state) -> None:
+  """Save a `TrainState` at its step (asynchronously; `wait_until_finished` commits it)."""
+  manager.save(int(state.step), args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+               force=True)
+
+
+def restore(manager: ocp.CheckpointManager, state):
+  """The latest checkpoint of `manager`, as a `TrainState` shaped (and sharded) like `state`."""
+  step = manager.latest_step()
+  target = flax.serialization.to_state_dict(state)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  return flax.serialization.from_state_dict(state, restored)
+
+
+# ----------------------------------------------------------------------------- a run
+
+
+def _as_json(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(json.dumps(config.to_dict()))  # tuples as lists, as config.json holds them
+
+
+def _differences(saved: dict, wanted: dict, ignore=frozenset()) -> list[str]:
+  keys = (saved.keys() | wanted.keys()) - set(_DERIVED_FIELDS) - ignore
+  missing = "<missing>"
+  return [f"{k}: {saved.get(k, missing)!r} there, {wanted.get(k, missing)!r} here"
+          for k in sorted(keys) if saved.get(k, missing) != wanted.get(k, missing)]
+
+
+def _read_config(workdir: str) -> Optional[dict]:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _sync(name: str) -> None:
+  """Wait for every process of a multi-process run (no-op in a single process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def _clear(workdir: str) -> None:
+  """Delete `workdir` atomically: renamed to a hidden sibling first, then removed."""
+  trash = os.path.join(os.path.dirname(workdir),
+                       f".{os.path.basename(workdir)}.deleting-{uuid.uuid4().hex[:8]}")
+  os.rename(workdir, trash)
+  shutil.rmtree(trash)
+
+
+class Run:
+  """An open run directory: its checkpoint manager, metrics log and clock."""
+
+  def __init__(self, path: str, config: ml_collections.ConfigDict, *, resume: bool):
+    self.path, self.config, self.resume = path, config, resume
+    self.is_chief = jax.process_index() == 0
+    self.manager = checkpoint_manager(path)
+    self.log = MetricsLog(os.path.join(path, "metrics.jsonl"), self.is_chief)
+    self._start, self._before = time.time(), 0.0
+
+  def say(self, message: str) -> None:
+    """Print a line (process 0 only: every process holds the same replicated values)."""
+    if self.is_chief:
+      tqdm.write(message)
+
+  def elapsed(self) -> float:
+    """Wall seconds of the run, summed over every resumed part."""
+    return self._before + time.time() - self._start
+
+  def restore_latest(self, state):
+    """`state`, or on resume the latest checkpoint in its shape; drops later metrics records
+    and carries over the wall time of the earlier parts."""
+    step = self.manager.latest_step()
+    if self.resume and step is not None:
+      state = restore(self.manager, state)
+      self.say(f"resumed {self.path} at step {step}")
+    elif self.resume:
+      self.say(f"--resume: no checkpoint in {self.path}/checkpoints; starting at step 0")
+    kept = self.log.forget_after(int(state.step))
+    self._before = max((r["time"] for r in kept if "time" in r), default=0.0)
+    return state
+
+  def finish(self, summary: dict) -> None:
+    """Write summary.json and the plots (process 0)."""
+    if self.is_chief:
+      with open(os.path.join(self.path, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+      write_plots(self.path)
+
+
+def open_run(workdir: str, config: ml_collections.ConfigDict, *, image_shape,
+             resume: bool = False, overwrite: bool = False) -> Run:
+  """Check `workdir` for this run, prepare it, write config.json; raises ValueError if not.
+
+  A directory holding anything is refused unless `resume` (its config.json must equal `config`
+  up to `RESUMABLE_FIELDS`, its latest checkpoint must not be past `config.steps`) or
+  `overwrite` (the directory is deleted atomically, then recreated). Nothing is compiled.
+  """
+  if resume and overwrite:
+    raise ValueError("resume and overwrite exclude each other: --resume continues the run in "
+                     "the workdir, --overwrite deletes it")
+  path = os.path.abspath(workdir)
+  try:
+    os.makedirs(path, exist_ok=True)
+    # A uniquely named probe: every process of a multi-host run checks the same directory.
+    with tempfile.TemporaryFile(dir=path) as f:
+      f.write(b"ok")
+    held = sorted(os.listdir(path))
+  except OSError as e:
+    raise ValueError(f"workdir {path!r} is not writable: {e}") from None
+  if held and not (resume or overwrite):
+    raise ValueError(f"workdir {path!r} already holds a run ({', '.join(held[:5])}"
+                     f"{', ...' if len(held) > 5 else ''}); pass --resume to continue it, "
+                     "--overwrite to replace it, or choose another --workdir")
+  if resume:
+    saved = _read_config(path)
+    if saved is not None:
+      differ = _differences(saved, _as_json(config), ignore=RESUMABLE_FIELDS)
+      if differ:
+        raise ValueError(f"cannot resume {path}: it holds a run of another config ("
+                         + "; ".join(differ) + "); use --overwrite or another --workdir")
+    step = checkpoint_manager(path).latest_step()
+    if step is not None and step > config.steps:
+      raise ValueError(f"cannot resume {path}: its checkpoint is at step {step}, past "
+                       f"steps={config.steps}; pass steps >= {step}")
+  _sync("contrax.runs: workdir checked")
+  if jax.process_index() == 0:
+    if overwrite and held:
+      _clear(path)
+      os.makedirs(path)
+    with open(os.path.join(path, "config.json"), "w") as f:
+      json.dump({**config.to_dict(), "image_shape": list(image_shape)}, f, indent=2)
+  _sync("contrax.runs: workdir prepared")
+  return Run(path, config, resume=resume)
+
+
+# ----------------------------------------------------------------------------- finished runs
+
+
+def pretrain_once(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The summary of `contrax.train.pretrain(config, workdir)`, training only what is not done.
+
+  A `workdir` with summary.json is a finished run: its summary is returned without training,
+  after checking that its config.json equals `config` (a finished run of another config raises
+  ValueError naming the fields; it is never silently reused). Otherwise the run starts, or
+  resumes from its last checkpoint. Studies of many runs call this so that re-running one after
+  an interruption redoes nothing that finished.
+  """
+  summary_path = os.path.join(workdir, "summary.json")
+  if not os.path.exists(summary_path):
+    from contrax import train  # train uses this module: imported at call time
+    return train.pretrain(config, workdir, resume=True)
+  differ = _differences(_read_config(workdir) or {}, _as_json(config))
+  if differ:
+    raise ValueError(f"{workdir} holds a finished run of another config ("
+                     + ", ".join(differ) + "); use another workdir or delete that run")
+  with open(summary_path) as f:
+    return json.load(f)
+
+
+def load_trained(workdir: str, *, config: Optional[ml_collections.ConfigDict] = None):
+  """`(model, variables)` of the latest checkpoint of the run in `workdir` (any path).
+
+  The model is built from the run's config.json (or from `config` if given); `variables` holds
+  'params' and 'batch_stats' as saved, ready for `model.apply(variables, x, train=False)`.
+  """
+  from contrax import train  # train uses this module: imported at call time
+  if config is None:
+    saved = _read_config(workdir)
+    if saved is None:
+      raise ValueError(f"{os.path.abspath(workdir)!r} holds no run (no config.json)")
+    config = ml_collections.ConfigDict(
+        {k: v for k, v in saved.items() if k not in _DERIVED_FIELDS})
+  manager = checkpoint_manager(workdir)
+  step = manager.latest_step()
+  if step is None:
+    raise ValueError(f"{os.path.abspath(workdir)!r} holds no checkpoint")
+  saved_state = manager.restore(step)
+  variables = {"params": saved_state["params"],
+               "batch_stats": saved_state.get("batch_stats") or {}}
+  return train.create_model(config), variables

@@ -1,0 +1,108 @@
+"""Named configs of `experiments/pretrain.py` (`--config NAME`; "digits" by default).
+
+`get_config(name)` returns the ConfigDict of a named config; `FIELD_HELP` describes every field
+(its meaning and valid choices), shown by `python experiments/pretrain.py --help`.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from contrax import augment, data, models, objectives, train, weights
+
+
+def cifar10() -> ml_collections.ConfigDict:
+  """The CPU-scale CIFAR recipe: SimCLR with a ConvNet on CIFAR-10 from TensorFlow Datasets.
+
+  Data: `tfds:cifar10` (downloaded by TFDS on first use). The recipe was tuned on a
+  10,000-image subset of the training set stored as an image folder (one sub-folder per
+  class, split 9,000 / 1,000 stratified by `data.load`); to use such a folder, override
+  `--config.data=folder:PATH`. Budget: about 30 minutes on a quiet 2-core CPU for 3,500
+  steps of batch 128 (README, "Results").
+  """
+  c = train.default_config()
+  c.name = "cifar10"
+  c.data = "tfds:cifar10"
+  c.model = "convnet"
+  c.projection_dim = 128
+  c.augmentation = "simclr"
+  c.loss.temperature = 0.2
+  c.batch_size = 128
+  c.steps = 3500
+  c.learning_rate = 2e-3
+  c.warmup_steps = 200
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  return c
+
+
+CONFIGS = {"digits": train.default_config, "cifar10": cifar10}
+
+
+def get_config(name: str | None = None) -> ml_collections.ConfigDict:
+  """The named config (`None`: "digits"); ValueError listing the names for an unknown one."""
+  name = name or "digits"
+  if name not in CONFIGS:
+    raise ValueError(f"unknown --config {name!r}; valid choices: {', '.join(sorted(CONFIGS))}")
+  return CONFIGS[name]()
+
+
+def _choices(names) -> str:
+  return "one of " + ", ".join(sorted(names))
+
+
+FIELD_HELP = {
+    "name": "run name; the default workdir is runs/<name>",
+    "data": ("data source: digits (embedded, 8x8 grayscale), folder:PATH (one sub-folder of "
+             "images per class), npz:PATH (x_train, y_train, x_test, y_test), tfds:NAME "
+             f"(TensorFlow Datasets); {_choices(data.SOURCES)}"),
+    "model": f"encoder: {_choices(models.MODELS)}",
+    "projection_dim": "output size of the projection head g (the loss reads z = g(f(x)))",
+    "widths": "convnet / resnet18 stage widths, e.g. 32,64,128,256; () = the model's default",
+    "augmentation": f"augmentation preset of both views: {_choices(augment.PRESETS)}",
+    "loss.name": f"loss: {_choices(objectives.LOSS_NAMES)}",
+    "loss.temperature": "softmax temperature t > 0 of the InfoNCE family and of the weightings",
+    "loss.tau_plus": "infonce: debiasing class prior tau+ in [0, 1) (Chuang et al. 2020)",
+    "loss.decoupled": "infonce: drop the positive from the denominator (Yeh et al. 2022)",
+    "loss.lambda_": "barlow_twins: weight lambda >= 0 of the off-diagonal terms",
+    "weighting.name": f"negative weighting: {_choices(weights.REGISTRY)}",
+    "weighting.stop_gradient": "treat the negative weights as constants (the official HCL-OT "
+                               "and alpha-CL code do; the official HCL code does not)",
+    "batch_size": "global batch size (all devices and processes); divisible by the devices",
+    "steps": "training steps; the cosine schedule decays to 0 at this step",
+    "optimizer": f"optimiser: {_choices(train.OPTIMIZERS)}",
+    "learning_rate": "peak learning rate > 0 (after warm-up)",
+    "weight_decay": "decoupled weight decay >= 0 (adamw, sgd, lars)",
+    "warmup_steps": "linear warm-up steps from learning rate 0",
+    "seed": "seed of the initialisation, data order and augmentations",
+    "num_devices": "devices of the data mesh; 0 = all devices JAX sees",
+    "log_every": "steps between training records (loss, grad_norm, learning_rate)",
+    "eval_every": "steps between kNN evaluations on the test split (and one at step 0); "
+                  "0 disables them",
+    "checkpoint_every": "steps between checkpoints (one is always written at the end)",
+    "on_nonfinite": ("a step with a non-finite loss or update: stop (exit status 1, naming the "
+                     "last good checkpoint) or skip (drop its update); one of skip, stop"),
+    "on_bad_file": "folder data with unreadable files: skip (reported) or raise; one of raise, "
+                   "skip",
+    "knn_k": "neighbours of the kNN evaluation",
+    "progress": "show a progress bar",
+}
+
+
+def flat(config, prefix=""):
+  """(dotted field name, value) of every leaf of `config`."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from flat(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  """One line per field of `config`: `--config.FIELD (default: VALUE) help`. The objective
+  presets (`contrax.objectives.PRESETS`, e.g. hcl = loss.tau_plus 0.1 + weighting.name hcl) are
+  listed after the fields."""
+  lines = [f"  --config.{k} (default: {v!r}) {FIELD_HELP.get(k, '')}".rstrip()
+           for k, v in flat(config)]
+  presets = "; ".join(f"{name}: " + (", ".join(f"{k}={v!r}" for k, v in o.items()) or "defaults")
+                      for name, o in objectives.PRESETS.items())
+  return "\n".join(lines + [f"  objective presets (set these fields): {presets}"])
