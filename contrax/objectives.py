@@ -149,12 +149,28 @@ def _weighting(config) -> tuple[str, Callable, dict]:
   kwargs = {k: given[k] for k in hyper}
   if "temperature" in inspect.signature(fn).parameters:
     kwargs["temperature"] = config.loss.temperature
-  dummy = jax.ShapeDtypeStruct((2, 2), jax.numpy.float32)
-  try:  # traces the weighting on a 2-image batch: its eager checks run, nothing is computed
-    jax.eval_shape(lambda a, b: fn(pairs_lib.build(a, b), **kwargs), dummy, dummy)
+  try:  # the weighting's eager hyper-parameter checks, without tracing anything
+    fn(_HyperparameterProbe(), **kwargs)
+  except _ProbeReached:
+    pass
   except (ValueError, TypeError) as e:
     raise type(e)(f"weighting.{name}: {e}") from e
   return name, fn, kwargs
+
+
+class _ProbeReached(Exception):
+  """A weighting read the batch: its hyper-parameter checks (which come first) have passed."""
+
+
+class _HyperparameterProbe:
+  """Stands in for a `Pairs` while a weighting checks its hyper-parameters: every weighting
+  validates its keyword arguments before it reads the batch, so reading any array field ends
+  the check. Validating this way runs no JAX operation, so a bad config is reported before
+  anything is traced or compiled (the trainer's promise); `axis_name` is the single-device one."""
+  axis_name = None
+
+  def __getattr__(self, name):
+    raise _ProbeReached(name)
 
 
 def make(config: ml_collections.ConfigDict) -> LossFn:

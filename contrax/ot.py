@@ -449,6 +449,7 @@ def quadratic_batch_coupling(pairs: pairs_lib.Pairs, *, gamma: float,
   The coupling carries no gradient (`quadratic_coupling`).
   """
   gamma = _checks.positive("gamma", gamma)
+  _checks.positive_int("num_iterations", num_iterations)
   problem = batch_problem(pairs, cost=cost, kappa=kappa)
   n = problem.cost.shape[0]
   marginal = _uniform_marginals(n, problem.cost.dtype)

@@ -141,7 +141,20 @@ def _as_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(json.dumps(config.to_dict()))  # tuples as lists, as config.json holds them
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+  """`{"loss": {"temperature": t}}` -> `{"loss.temperature": t}`."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
 def _differences(saved: dict, wanted: dict, ignore=frozenset()) -> list[str]:
+  """The dotted fields on which two configs (as saved in config.json) differ."""
+  saved, wanted = _flat(saved), _flat(wanted)
   keys = (saved.keys() | wanted.keys()) - set(_DERIVED_FIELDS) - ignore
   missing = "<missing>"
   return [f"{k}: {saved.get(k, missing)!r} there, {wanted.get(k, missing)!r} here"

@@ -90,8 +90,12 @@ def tiny_config(**overrides):
   c = train.default_config()
   c.update(steps=6, batch_size=32, log_every=1, eval_every=0, checkpoint_every=3,
            num_devices=1, progress=False, knn_k=20)
-  for k, v in overrides.items():
-    c[k] = v
+  for k, v in overrides.items():  # dotted names reach the nested objective fields
+    *parents, leaf = k.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
   return c
 
 
@@ -324,7 +328,8 @@ def no_compilation(monkeypatch):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("loss", "infonce_typo", r"unknown loss 'infonce_typo'; valid choices: .*'ntxent'"),
+    ("loss.name", "infonce_typo", r"unknown loss.name 'infonce_typo'; valid choices: .*'infonce'"),
+    ("weighting.name", "hard", r"unknown weighting.name 'hard'; valid choices: .*'hcl'"),
     ("model", "vgg", r"unknown model 'vgg'; valid choices: .*'mlp'"),
     ("augmentation", "fancy", r"unknown augmentation preset 'fancy'; valid choices: .*'simclr'"),
     ("data", "imagenet", r"unknown data source 'imagenet'; valid choices: .*'folder'"),
@@ -334,8 +339,8 @@ def no_compilation(monkeypatch):
     ("batch_size", 0, r"batch_size must be an integer >= 1, got 0"),
     ("learning_rate", 0.0, r"learning_rate must be a finite number > 0, got 0\.0"),
     ("learning_rate", -1e-3, r"learning_rate must be a finite number > 0, got -0\.001"),
-    ("temperature", 0.0, r"temperature must be .*got 0\.0"),
-    ("temperature", -0.5, r"temperature must be .*got -0\.5"),
+    ("loss.temperature", 0.0, r"temperature must be .*got 0\.0"),
+    ("loss.temperature", -0.5, r"temperature must be .*got -0\.5"),
     ("num_devices", 9, r"num_devices must be .*got 9"),
     ("data", "folder:/nonexistent/images", r"image folder '/nonexistent/images' does not exist"),
 ])
@@ -444,8 +449,10 @@ def assert_one_line_error(done: subprocess.CompletedProcess, status: int, patter
 
 
 @pytest.mark.parametrize("flags,pattern", [
-    (["--config.loss=nope"],
-     r"^error: unknown loss 'nope'; valid choices: .*'debiased', .*'ntxent'"),
+    (["--config.loss.name=nope"],
+     r"^error: unknown loss.name 'nope'; valid choices: .*'infonce'"),
+    (["--config.weighting.name=nope"],
+     r"^error: unknown weighting.name 'nope'; valid choices: .*'hcl', .*'ot'"),
     (["--config.steps=many"], r"^error: flag --config.steps=many: .*'many'$"),
     (["--config.num_devices=2"], r"^error: num_devices must be .*got 2$"),
     (["--config.batch_size=5000"], r"^error: batch_size 5000 is larger than the 1347 training"),

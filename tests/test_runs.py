@@ -44,8 +44,10 @@ def test_a_reused_run_directory_is_refused_overwritten_or_resumed(tmp_path, no_f
     train.pretrain(tiny_config(steps=2), workdir)
   with pytest.raises(train.ConfigError, match=r"checkpoint is at step 4, past steps=2"):
     train.pretrain(tiny_config(steps=2), workdir, resume=True)
-  with pytest.raises(train.ConfigError, match=r"another config \(temperature: 0.5 there, 0.3"):
-    train.pretrain(tiny_config(steps=6, temperature=0.3), workdir, resume=True)
+  with pytest.raises(train.ConfigError, match=r"another config \(loss.temperature: 0.5 there, 0.3"):
+    config = tiny_config(steps=6)
+    config.loss.temperature = 0.3
+    train.pretrain(config, workdir, resume=True)
 
   summary = train.pretrain(tiny_config(steps=2), workdir, overwrite=True)
   assert runs.checkpoint_manager(workdir).all_steps() == [2]
