@@ -89,10 +89,11 @@ def _stat(values) -> list:
   return list(mean_std(values))
 
 
-def aggregate(records: list[dict], metrics, reference: str | None = None) -> dict:
-  """Per cell: `n`, `[mean, std]` of every metric, and, paired by seed with the `reference`
-  cell, `[mean, std]` of `<metric>_minus_<reference>` (absent for the reference itself and for
-  cells that share no seed with it)."""
+def aggregate(records: list[dict], metrics, reference: str | None = None,
+              paired_metrics=None) -> dict:
+  """Per cell: `seeds` (n), `[mean, std]` of every metric, and, paired by seed with the
+  `reference` cell, `[mean, std]` of `<metric>_minus_<reference>` for the `paired_metrics`
+  (default: all; the reference's own is 0 ± 0; absent for cells sharing no seed with it)."""
   by_cell: dict = {}
   for r in records:
     by_cell.setdefault(r["cell"], []).append(r)
@@ -101,10 +102,10 @@ def aggregate(records: list[dict], metrics, reference: str | None = None) -> dic
   base = {r["seed"]: r for r in by_cell.get(reference, [])}
   out = {}
   for cell, rs in by_cell.items():
-    out[cell] = {"n": len(rs), **{k: _stat([r[k] for r in rs]) for k in metrics}}
+    out[cell] = {"seeds": len(rs), **{k: _stat([r[k] for r in rs]) for k in metrics}}
     paired = [r for r in rs if r["seed"] in base]
-    if cell != reference and paired:
-      for k in metrics:
+    if paired:
+      for k in metrics if paired_metrics is None else paired_metrics:
         out[cell][f"{k}_minus_{reference}"] = _stat([r[k] - base[r["seed"]][k] for r in paired])
   return out
 
@@ -121,7 +122,7 @@ def format_stat(stat, signed: bool = False) -> str:
 def table(stats: dict, metrics: Mapping[str, str], reference: str | None = None,
           title: str = "") -> str:
   """Markdown: one row per cell, `| cell | n | metric ... | metric − reference (paired) ... |`."""
-  head = ["cell", "n"] + list(metrics.values())
+  head = ["cell", "seeds"] + list(metrics.values())
   paired = [k for k in metrics if any(f"{k}_minus_{reference}" in s for s in stats.values())]
   head += [f"{metrics[k]} − {reference} (paired by seed)" for k in paired]
   lines = ([title, ""] if title else []) + [
@@ -129,7 +130,7 @@ def table(stats: dict, metrics: Mapping[str, str], reference: str | None = None,
   for cell, s in stats.items():
     cells = [format_stat(s[k]) for k in metrics]
     cells += [format_stat(s.get(f"{k}_minus_{reference}"), signed=True) for k in paired]
-    lines.append(f"| {cell} | {s['n']} | " + " | ".join(cells) + " |")
+    lines.append(f"| {cell} | {s['seeds']} | " + " | ".join(cells) + " |")
   lines += ["", STD_NOTE + (f"; paired columns: the cell minus {reference} of the same seed"
                             if paired else "") + "."]
   return "\n".join(lines)
@@ -185,7 +186,8 @@ def _finished(run_dir: str, cell: Mapping, seed: int) -> dict | None:
 def run(config: ml_collections.ConfigDict, workdir: str, *,
         cells: Mapping[str, Mapping[str, Any]],
         run_one: Callable[[ml_collections.ConfigDict, str, Any], dict],
-        metrics: Mapping[str, str], reference: str | None = None, title: str = "",
+        metrics: Mapping[str, str], reference: str | None = None, paired_metrics=None,
+        title: str = "",
         load: Callable[[ml_collections.ConfigDict], Any] = load_dataset,
         plot: Callable[[dict, list, str], None] | None = None) -> dict:
   """Every (cell, seed in `config.seeds`) through `run_one`; writes and returns the summary
@@ -217,7 +219,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       records.append(record)
       print(json.dumps(record), flush=True)
       _write_json(os.path.join(workdir, "results.json"), records)
-  stats = aggregate(records, metrics, reference)
+  stats = aggregate(records, metrics, reference, paired_metrics)
   text = table(stats, metrics, reference, title)
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(text + "\n")
@@ -227,6 +229,26 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   _write_json(os.path.join(workdir, "summary.json"), summary)
   print(text)
   return summary
+
+
+def main(get_config: Callable[[], ml_collections.ConfigDict],
+         run_study: Callable[[ml_collections.ConfigDict, str], dict]) -> None:
+  """A study's command line: `--config.<field>=VALUE` over `get_config()` (absl +
+  `ml_collections.config_flags`) and `--workdir=DIR` (default runs/<config.name>), then
+  `run_study(config, workdir)`."""
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_dict("config", get_config(), "override a field: --config.x=VALUE")
+  flags.DEFINE_string("workdir", None, "output directory (default: runs/<config.name>)")
+
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    config = flags.FLAGS.config
+    run_study(config, flags.FLAGS.workdir or os.path.join("runs", config.name))
+
+  app.run(_main)
 
 
 def errorbar_std(stat) -> float:

@@ -48,7 +48,8 @@ def run_toy(workdir, calls, loads=None, seeds=(0, 1, 2), **kwargs):
     return ("dataset", run.seed)
 
   return study.run(toy_config(seeds), str(workdir), cells=CELLS, run_one=toy_run(calls),
-                   metrics={"acc": "accuracy", "loss": "loss"}, reference="base", load=load,
+                   metrics={"acc": "accuracy", "loss": "loss"}, reference="base",
+                   paired_metrics=("acc",), load=load,
                    **kwargs)
 
 
@@ -60,13 +61,13 @@ def test_stats_are_numpy_mean_and_sample_std_and_paired_by_seed(tmp_path):
     acc = np.array([0.5 + 0.1 * s + off + (NOISE[s] if name == "noisy" else 0.0)
                     for s in (0, 1, 2)])
     np.testing.assert_allclose(stats[name]["acc"], [acc.mean(), acc.std(ddof=1)], atol=1e-12)
-    assert stats[name]["n"] == 3
+    assert stats[name]["seeds"] == 3
   # Paired: the shared seed effect cancels; the unpaired std (0.1) would hide the offsets.
   np.testing.assert_allclose(stats["better"]["acc_minus_base"], [0.02, 0.0], atol=1e-12)
   diff = 0.05 + np.array([NOISE[s] for s in (0, 1, 2)])
   np.testing.assert_allclose(stats["noisy"]["acc_minus_base"], [diff.mean(), diff.std(ddof=1)],
                              atol=1e-12)
-  assert "acc_minus_base" not in stats["base"]
+  assert stats["base"]["acc_minus_base"] == [0.0, 0.0]
   assert sorted(loads) == [0, 1, 2]  # one dataset per seed, shared by the three cells
   assert len(calls) == 9 and summary["runs"] == 9
 
@@ -75,9 +76,9 @@ def test_files_and_table(tmp_path):
   run_toy(tmp_path, [], title="toy study")
   text = (tmp_path / "results.md").read_text()
   assert text.startswith("toy study")
-  assert "| cell | n | accuracy | loss | accuracy − base (paired by seed) |" in text
+  assert "| cell | seeds | accuracy | loss | accuracy − base (paired by seed) |" in text
   assert "| better | 3 | 0.620 ± 0.100 | 1.000 ± 1.000 | +0.020 ± 0.000 |" in text
-  assert "| base | 3 | 0.600 ± 0.100 | 1.000 ± 1.000 | – |" in text
+  assert "| base | 3 | 0.600 ± 0.100 | 1.000 ± 1.000 | +0.000 ± 0.000 |" in text
   assert "sample std (ddof = 1)" in text
   records = json.loads((tmp_path / "results.json").read_text())
   assert {(r["cell"], r["seed"]) for r in records} == {(c, s) for c in CELLS for s in (0, 1, 2)}
@@ -93,7 +94,7 @@ def test_finished_runs_are_reused_not_rerun(tmp_path):
   calls.clear()
   again = run_toy(tmp_path, calls, seeds=(0, 1, 2))  # only seed 2 is new
   assert sorted(calls) == sorted((off, 2) for off in OFFSET.values())
-  assert again["stats"]["better"]["n"] == 3
+  assert again["stats"]["better"]["seeds"] == 3
   assert first["stats"]["base"]["acc"][0] == pytest.approx(0.55)
   # a finished run of another cell in the same directory is refused, never reused
   cells = dict(CELLS, better={"offset": 0.03})
