@@ -102,3 +102,31 @@ def test_sharding_tiny(tmp_path):
   by = {r["implementation"]: r for r in records}
   assert by["naive"]["per_device_mib"] > by["slab"]["per_device_mib"]
   assert "| 16 (32) |" in (tmp_path / "results.md").read_text()
+
+
+def test_hard_negatives_tiny(tmp_path):
+  bench = load("hard_negatives")
+  config = bench.get_config()
+  config.sizes, config.encoder_sizes, config.dim = (16,), (4,), 8
+  config.iteration_counts, config.repeats = (3,), 1
+  summary = bench.run(config, str(tmp_path))
+  assert _files(tmp_path) == {"config.json", "results.json", "results.md", "summary.json"}
+  results = json.loads((tmp_path / "results.json").read_text())
+  (coupling,) = results["coupling"]
+  # contrax's coupling against POT's Sinkhorn (float64, same eps and iterations)
+  assert coupling["max_abs_diff"]["contrax_log"] < 1e-3 * coupling["max_entry"]
+  assert set(summary["loss_step_ratio"][16]) == {"hcl_ot_3"}
+  assert set(results["encoder_step"][0]["seconds"]) == {"ntxent", "hcl_ot_3"}
+
+
+def test_train_step_tiny(tmp_path):
+  bench = load("train_step")
+  config = bench.get_config()
+  config.models, config.batch_sizes, config.steps = ("convnet",), (2,), 1
+  config.torch, config.matmul_size = False, 16
+  results = bench.run(config, str(tmp_path))
+  assert _files(tmp_path) == {"config.json", "results.json", "results.md", "summary.json"}
+  (row,) = results["steps"]
+  assert row["model"] == "convnet" and row["contrax"]["seconds"] > 0
+  assert np.isfinite(row["contrax"]["loss"]) and "torch" not in row
+  assert "--config.torch=false" in (tmp_path / "results.md").read_text()

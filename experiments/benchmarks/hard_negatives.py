@@ -1,8 +1,9 @@
 """Benchmark: the cost of OT hard negatives (HCL-OT) against NT-Xent, and ott-jax vs POT.
 
-Three measurements, each timed in this one process with the two contenders interleaved
-(A, B, A, B, ...) so that load on the machine hits both alike; the fastest of `repeats` runs
-is reported (the median is in results.json):
+Three measurements, each timed in this one process with the contenders interleaved
+(A, B, A, B, ...; `_harness.time_calls`, after an untimed compile call) so that load on the
+machine hits all alike; the fastest of `repeats` runs is reported (the median is in
+results.json):
 
 1. Loss step: `jax.jit(jax.value_and_grad(loss))` w.r.t. both views, 2B = 512 and 2048,
    D = 128, t = 0.5. NT-Xent vs HCL-OT = `infonce(weights=stop_gradient(negatives.ot(...)),
@@ -48,13 +49,10 @@ at 2B = 512); or reusing the loss's exp(s/t) matrix as the kernel when eps = 2t.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 
+import _harness
 import ml_collections
-
-from contrax import config as config_lib  # no JAX import: safe before XLA_FLAGS are set
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -83,22 +81,6 @@ def clustered_views(key, batch: int, dim: int, num_clusters: int = 10, noise: fl
   labels = jax.random.randint(k_labels, (batch,), 0, num_clusters)
   return (centres[labels] + noise * jax.random.normal(k1, (batch, dim)),
           centres[labels] + noise * jax.random.normal(k2, (batch, dim)))
-
-
-def interleaved_seconds(functions: dict, repeats: int) -> dict:
-  """Run each zero-argument function once (compile), then `repeats` interleaved timed rounds."""
-  import jax
-  import numpy as np
-
-  for fn in functions.values():
-    jax.block_until_ready(fn())
-  times = {name: [] for name in functions}
-  for _ in range(repeats):
-    for name, fn in functions.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - start)
-  return {name: dict(min=min(t), median=float(np.median(t))) for name, t in times.items()}
 
 
 def losses(config) -> dict:
@@ -134,7 +116,7 @@ def loss_step(config, n: int) -> dict:
   z1, z2 = clustered_views(jax.random.key(config.seed), n // 2, config.dim)
   steps = {name: jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
            for name, loss in losses(config).items()}
-  seconds = interleaved_seconds({k: (lambda f=f: f(z1, z2)) for k, f in steps.items()},
+  seconds = _harness.time_calls({k: (lambda f=f: f(z1, z2)) for k, f in steps.items()},
                                 config.repeats)
   errors = {}
   for it in config.iteration_counts:
@@ -163,7 +145,7 @@ def encoder_step(config, n: int) -> dict:
     return jax.jit(jax.value_and_grad(objective))
 
   steps = {name: make_step(loss) for name, loss in losses(config).items()}
-  seconds = interleaved_seconds({k: (lambda f=f: f(variables["params"])) for k, f in steps.items()},
+  seconds = _harness.time_calls({k: (lambda f=f: f(variables["params"])) for k, f in steps.items()},
                                 config.repeats)
   return dict(n=n, seconds=seconds, ratio=ratios(seconds))
 
@@ -197,7 +179,7 @@ def coupling_vs_pot(config, n: int, num_iterations: int) -> dict:
                           numItermax=num_iterations, stopThr=0.0)
 
   contenders = {name: (lambda f=f: f(cost)) for name, f in solvers.items()}
-  seconds = interleaved_seconds(dict(contenders, pot=pot_solve), config.repeats)
+  seconds = _harness.time_calls(dict(contenders, pot=pot_solve), config.repeats)
   expected = pot_solve()
   diff = {name: float(np.max(np.abs(np.asarray(f(cost), np.float64) - expected)))
           for name, f in solvers.items()}
@@ -243,9 +225,6 @@ def tables(results: dict, config) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=2)
   results = dict(loss_step=[], encoder_step=[], coupling=[])
   start = time.perf_counter()
   for n in config.sizes:
@@ -258,23 +237,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results["encoder_step"].append(encoder_step(config, n))
     print(json.dumps(results["encoder_step"][-1]), flush=True)
   results["seconds_total"] = time.perf_counter() - start
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  text = tables(results, config)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(text + "\n")
   summary = dict(
       loss_step_ratio={r["n"]: r["ratio"] for r in results["loss_step"]},
       encoder_step_ratio={r["n"]: r["ratio"] for r in results["encoder_step"]},
       pot_over_contrax={f"{r['n']}@{r['num_iterations']}": r["pot_over_contrax"]
                         for r in results["coupling"]},
       seconds_total=results["seconds_total"])
-  return config_lib.write_summary(workdir, summary, text)
-
-
-def main(argv=None) -> dict:
-  return config_lib.run_script(get_config, run, argv, description=__doc__)
+  return _harness.write(workdir, config, results, tables(results, config), summary)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  _harness.main(get_config, run)
