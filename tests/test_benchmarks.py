@@ -19,8 +19,12 @@ import _harness  # noqa: E402
 
 
 def load(name):
-  import importlib
-  return importlib.import_module(name)
+  """experiments/benchmarks/<name>.py by path (experiments/ has studies of the same names)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def test_time_calls_interleaves_and_skips_the_warmup():
@@ -107,7 +111,7 @@ def test_sharding_tiny(tmp_path):
 def test_hard_negatives_tiny(tmp_path):
   bench = load("hard_negatives")
   config = bench.get_config()
-  config.sizes, config.encoder_sizes, config.dim = (16,), (4,), 8
+  config.sizes, config.encoder_sizes, config.dim = (16,), (), 8  # the ConvNet: train_step
   config.iteration_counts, config.repeats = (3,), 1
   summary = bench.run(config, str(tmp_path))
   assert _files(tmp_path) == {"config.json", "results.json", "results.md", "summary.json"}
@@ -116,9 +120,9 @@ def test_hard_negatives_tiny(tmp_path):
   # contrax's coupling against POT's Sinkhorn (float64, same eps and iterations)
   assert coupling["max_abs_diff"]["contrax_log"] < 1e-3 * coupling["max_entry"]
   assert set(summary["loss_step_ratio"][16]) == {"hcl_ot_3"}
-  assert set(results["encoder_step"][0]["seconds"]) == {"ntxent", "hcl_ot_3"}
 
 
+@pytest.mark.slow  # compiles a ConvNet training step: minutes on a loaded 2-core CPU
 def test_train_step_tiny(tmp_path):
   bench = load("train_step")
   config = bench.get_config()

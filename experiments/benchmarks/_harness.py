@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Any, Callable, Mapping
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # after benchmarks/
 import _study  # noqa: E402  (experiments/_study.py: the absl + config_flags command line)
 
 GIB = 2.0**30
