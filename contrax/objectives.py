@@ -212,3 +212,10 @@ def make(config: ml_collections.ConfigDict) -> LossFn:
                            decoupled=lcfg.decoupled)
     return alpha_surrogate_pairs(pairs, w)
   return loss_fn
+
+
+def negative_weights(config: ml_collections.ConfigDict, pairs: pairs_lib.Pairs) -> jax.Array:
+  """The `[2b, 2B]` negative weights that `make(config)`'s loss puts on the batch `pairs`
+  (uniform `1/N` for the plain losses), for diagnostics such as the hardness of a method."""
+  _, weigh, kwargs = _weighting(config)
+  return weigh(pairs, **kwargs)

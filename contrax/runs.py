@@ -273,19 +273,15 @@ def open_run(workdir: str, config: ml_collections.ConfigDict, *, image_shape,
 # ----------------------------------------------------------------------------- finished runs
 
 
-def pretrain_once(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """The summary of `contrax.train.pretrain(config, workdir)`, training only what is not done.
+def finished_summary(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict]:
+  """The summary.json of a finished run of `config` in `workdir`, or None if it did not finish.
 
-  A `workdir` with summary.json is a finished run: its summary is returned without training,
-  after checking that its config.json equals `config` (a finished run of another config raises
-  ValueError naming the fields; it is never silently reused). Otherwise the run starts, or
-  resumes from its last checkpoint. Studies of many runs call this so that re-running one after
-  an interruption redoes nothing that finished.
+  A finished run of another config raises ValueError naming the fields: it is never silently
+  reused (`contrax.train.pretrain_once`).
   """
   summary_path = os.path.join(workdir, "summary.json")
   if not os.path.exists(summary_path):
-    from contrax import train  # train uses this module: imported at call time
-    return train.pretrain(config, workdir, resume=True)
+    return None
   differ = _differences(_read_config(workdir) or {}, _as_json(config))
   if differ:
     raise ValueError(f"{workdir} holds a finished run of another config ("
@@ -294,24 +290,17 @@ def pretrain_once(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return json.load(f)
 
 
-def load_trained(workdir: str, *, config: Optional[ml_collections.ConfigDict] = None):
-  """`(model, variables)` of the latest checkpoint of the run in `workdir` (any path).
-
-  The model is built from the run's config.json (or from `config` if given); `variables` holds
-  'params' and 'batch_stats' as saved, ready for `model.apply(variables, x, train=False)`.
-  """
-  from contrax import train  # train uses this module: imported at call time
-  if config is None:
-    saved = _read_config(workdir)
-    if saved is None:
-      raise ValueError(f"{os.path.abspath(workdir)!r} holds no run (no config.json)")
-    config = ml_collections.ConfigDict(
-        {k: v for k, v in saved.items() if k not in _DERIVED_FIELDS})
+def load_variables(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
+  """`(config, variables)` of the run in `workdir` (any path): its config.json and the
+  'params' and 'batch_stats' of its latest checkpoint, as saved."""
+  saved = _read_config(workdir)
+  if saved is None:
+    raise ValueError(f"{os.path.abspath(workdir)!r} holds no run (no config.json)")
+  config = ml_collections.ConfigDict({k: v for k, v in saved.items() if k not in _DERIVED_FIELDS})
   manager = checkpoint_manager(workdir)
   step = manager.latest_step()
   if step is None:
     raise ValueError(f"{os.path.abspath(workdir)!r} holds no checkpoint")
   saved_state = manager.restore(step)
-  variables = {"params": saved_state["params"],
-               "batch_stats": saved_state.get("batch_stats") or {}}
-  return train.create_model(config), variables
+  return config, {"params": saved_state["params"],
+                  "batch_stats": saved_state.get("batch_stats") or {}}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -303,8 +303,12 @@ def validate_config(config: ml_collections.ConfigDict):
   return optimizer, mesh
 
 
-def _load_data(config: ml_collections.ConfigDict):
-  """`data.load` of the config's source; its warnings (skipped files) name the user's call."""
+def _load_data(config: ml_collections.ConfigDict, dataset: Optional[data.ImageDataset] = None):
+  """`data.load` of the config's source (unless a study passes the `dataset` it loaded once);
+  its warnings (skipped files) name the user's call."""
+  if dataset is not None:
+    _check_batch_fits(config, dataset)
+    return dataset
   options = ({"on_bad_file": config.get("on_bad_file", "skip")}
              if config.data.startswith("folder:") else {})
   with warnings.catch_warnings(record=True) as caught:
@@ -312,14 +316,18 @@ def _load_data(config: ml_collections.ConfigDict):
     dataset = data.load(config.data, seed=config.seed, **options)
   for w in caught:  # re-issued at the caller of `pretrain`, not inside contrax
     warnings.warn(w.message, w.category, stacklevel=3)
-  if config.batch_size > len(dataset.train):
-    raise ValueError(f"batch_size {config.batch_size} is larger than the {len(dataset.train)} "
-                     f"training images of {config.data!r}")
+  _check_batch_fits(config, dataset)
   return dataset
 
 
+def _check_batch_fits(config: ml_collections.ConfigDict, dataset: data.ImageDataset) -> None:
+  if config.batch_size > len(dataset.train):
+    raise ValueError(f"batch_size {config.batch_size} is larger than the {len(dataset.train)} "
+                     f"training images of {config.data!r}")
+
+
 def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, dataset: Optional[data.ImageDataset] = None) -> dict:
   """Contrastive pre-training plus evaluation; writes the run directory and returns the summary.
 
   Run directory (`contrax.runs`): config.json, metrics.jsonl, loss.png, accuracy.png,
@@ -330,7 +338,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
   """
   try:
     optimizer, mesh = validate_config(config)
-    dataset = _load_data(config)
+    dataset = _load_data(config, dataset)
     run = runs.open_run(workdir, config, image_shape=dataset.train.image_shape, resume=resume,
                         overwrite=overwrite)
     model = create_model(config)  # builds the module only: nothing is traced or compiled
@@ -380,13 +388,26 @@ checkpoint_manager = runs.checkpoint_manager
 read_metrics = runs.read_metrics
 
 
-def pretrain_once(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """`contrax.runs.pretrain_once` (kept for the study scripts)."""
-  return runs.pretrain_once(config, workdir)
+def pretrain_once(config: ml_collections.ConfigDict, workdir: str, *,
+                  dataset: Optional[data.ImageDataset] = None) -> dict:
+  """The summary of `pretrain(config, workdir)`, training only what is not done.
+
+  A finished run of `config` in `workdir` is returned without training (a finished run of
+  another config is a ValueError naming the fields); otherwise the run starts, or resumes from
+  its last checkpoint. Studies of many runs call this so that re-running one after an
+  interruption redoes nothing that finished; `dataset` is the data set the study loaded once.
+  """
+  summary = runs.finished_summary(config, workdir)
+  if summary is not None:
+    return summary
+  return pretrain(config, workdir, resume=True, dataset=dataset)
 
 
-def load_trained(config: ml_collections.ConfigDict, workdir: str, image_shape=None):
-  """`contrax.runs.load_trained(workdir)` with the model built from `config` (kept for the
-  study scripts; `image_shape` is unused: the checkpoint holds the parameters' shapes)."""
-  del image_shape
-  return runs.load_trained(workdir, config=config)
+def load_trained(workdir: str, *, config: Optional[ml_collections.ConfigDict] = None):
+  """`(model, variables)` of the latest checkpoint of the run in `workdir` (any path).
+
+  The model is built from the run's config.json (or from `config` if given); `variables` holds
+  'params' and 'batch_stats', ready for `model.apply(variables, x, train=False)`.
+  """
+  saved, variables = runs.load_variables(workdir)
+  return create_model(config if config is not None else saved), variables

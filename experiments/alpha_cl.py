@@ -1,4 +1,5 @@
-"""α-CL studies (SPEC §6; [P004] Tian 2022, arXiv 2201.12680): the max player is PCA on C_α,
+"""α-CL studies (Tian 2022, arXiv 2201.12680): the max player is PCA on
+`C_α = Σ_i Σ_{j≠i,i+} α_ij [(x_i − x_j)(x_i − x_j)ᵀ − (x_i − x_i+)(x_i − x_i+)ᵀ]`,
 ReLU fixed points have higher rank, and α-CL losses against InfoNCE.
 
 (a) linear: deep linear networks `z = W_L ⋯ W_1 x` (depths 2–4), α frozen (InfoNCE's α of the
@@ -19,13 +20,16 @@ ReLU fixed points have higher rank, and α-CL losses against InfoNCE.
     of the largest, |cos| ≥ 0.9 with some e_m). With a Frobenius-normalised first layer
     (the player of (a)) the units compete for one norm budget and the strongest direction
     wins in both networks (rank ≈ 1: checked while building this study, not a default case).
-(c) losses: α-CL variants via `contrax.train.pretrain` — α-CL-direct with p ∈ {2, 4, 8}
+(c) losses: α-CL variants (cells of `experiments/_study.py`: a loss preset plus overrides,
+    every variant of a seed on the same loaded dataset) via `contrax.train.pretrain` — α-CL-direct with p ∈ {2, 4, 8}
     (ε_α = 0), inverse power (k = 1, t' = 1), sparsemax, entropy — against InfoNCE (NT-Xent),
-    same encoder, optimiser, budget and seeds; kNN and linear-probe test accuracy mean ± std.
+    same encoder, optimiser, budget and seeds; kNN and linear-probe test accuracy mean ± sample
+    std (ddof = 1) over the seeds, and each variant minus InfoNCE of the same seed.
     Note: the entropy player's α is `softmax_j(−d²_ij/t)`, which *is* α-CL-direct with p = 2,
     ε_α = 0; the two rows differ only by floating-point rounding.
 
-Command (every config field is a flag, e.g. `--parts linear,relu` or `--losses.steps 300`):
+Command (every config field is a flag, e.g. `--config.parts=linear,relu` or
+`--config.losses.steps=300`):
 
     python experiments/alpha_cl.py
 
@@ -34,11 +38,12 @@ ConvNet, SimCLR augmentations, temperature, AdamW rate and projection dimension,
 of batch 128 per run, warm-up 50; 21 runs, 1 h 26 min wall on the 2-core CPU, sharing it with
 one other training job; a finished run is reused, so an interrupted study resumes):
 
-    python experiments/alpha_cl.py --parts losses \\
-        --losses.data folder:../shared/data/cifar10-train-10k --losses.model convnet \\
-        --losses.augmentation simclr --losses.steps 500 --losses.batch_size 128 \\
-        --losses.temperature 0.2 --losses.learning_rate 2e-3 --losses.projection_dim 128 \\
-        --workdir runs/alpha_cl_cifar
+    python experiments/alpha_cl.py --config.parts=losses \\
+        --config.losses.data=folder:data/cifar10-train-10k --config.losses.model=convnet \\
+        --config.losses.augmentation=simclr --config.losses.steps=500 \\
+        --config.losses.batch_size=128 --config.losses.temperature=0.2 \\
+        --config.losses.learning_rate=2e-3 --config.losses.projection_dim=128 \\
+        --workdir=runs/alpha_cl_cifar
 
 Result (kNN / linear probe on the 1,000 held-out images, mean ± std over seeds 0-2; the
 random-init ConvNet gives 0.275 / 0.364 on seed 0's split): InfoNCE 0.399 ± 0.028 /
@@ -75,8 +80,9 @@ CPU (`/usr/bin/time`), within the ≤ 20 min target.
   the weakest (−0.8 kNN, −0.5 linear).
 
 Writes runs/alpha_cl/ (or --workdir): config.json, linear.json, linear_energy.png,
-linear_spectrum.png, relu.json, relu_erank.png, losses.json, losses/<variant>_s<seed>/ (each
-`train.pretrain_once` run directory), losses_accuracy.png, summary.md, summary.json.
+linear_spectrum.png, relu.json, relu_erank.png, losses.json, losses/ (the study runner's
+files: runs/<variant>_seed<seed>/, each a `train.pretrain_once` run directory, results.json,
+results.md, summary.json), losses_accuracy.png, summary.md, summary.json.
 """
 from __future__ import annotations
 
@@ -84,7 +90,6 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 
 import jax
@@ -94,9 +99,8 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from contrax import _checks
-from contrax import config as config_lib
-from contrax import theory, train
+import _study
+from contrax import _checks, theory, train
 from contrax.losses import alpha_cl
 
 matplotlib.use("Agg")
@@ -104,16 +108,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 PARTS = ("linear", "relu", "losses")
 ALPHAS = ("infonce", "uniform", "random")
-# variant name -> train config overrides
+# variant name -> its cell: a loss preset and config overrides
 VARIANTS = {
-    "infonce": {"loss": "ntxent"},
-    "direct_p2": {"loss": "alpha_direct", "alpha_p": 2.0},
-    "direct_p4": {"loss": "alpha_direct", "alpha_p": 4.0},
-    "direct_p8": {"loss": "alpha_direct", "alpha_p": 8.0},
-    "inverse_power": {"loss": "alpha_inverse_power"},
-    "sparsemax": {"loss": "alpha_sparsemax"},
-    "entropy": {"loss": "alpha_entropy"},
+    "infonce": {"preset": "ntxent"},
+    "direct_p2": {"preset": "alpha_direct", "weighting.alpha_direct.p": 2.0},
+    "direct_p4": {"preset": "alpha_direct", "weighting.alpha_direct.p": 4.0},
+    "direct_p8": {"preset": "alpha_direct", "weighting.alpha_direct.p": 8.0},
+    "inverse_power": {"preset": "alpha_inverse_power"},
+    "sparsemax": {"preset": "alpha_sparsemax"},
+    "entropy": {"preset": "alpha_entropy"},
 }
+REFERENCE = "infonce"
+METRICS = {"knn_accuracy": "kNN acc.", "linear_accuracy": "linear probe"}
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -152,17 +158,15 @@ def get_config() -> ml_collections.ConfigDict:
   b.steps = 4000
   b.learning_rate = 1.0   # in units of 1/‖C_α‖₂ (× h for the fixed identity top)
 
-  l = c.losses = ml_collections.ConfigDict()
+  l = c.losses = train.default_config()  # digits, MLP, batch 256, t = 0.5, AdamW 1e-3
+  l.name = "alpha_cl_losses"
   l.variants = tuple(VARIANTS)
-  l.seeds = 3
-  l.data = "digits"
-  l.model = "mlp"
-  l.augmentation = "digits"
+  l.seeds = (0, 1, 2)
   l.steps = 500
-  l.batch_size = 256
-  l.temperature = 0.5
-  l.learning_rate = 1e-3
-  l.projection_dim = 64
+  l.warmup_steps = 50  # at most steps / 10 (fewer for shorter runs)
+  l.eval_every = 0
+  l.checkpoint_every = 0
+  l.progress = False
   return c
 
 
@@ -391,42 +395,35 @@ def run_relu(cfg: ml_collections.ConfigDict, progress: bool = True) -> dict:
 # ----------------------------------------------------------------------------- (c) losses
 
 
-def train_config(cfg: ml_collections.ConfigDict, variant: str, seed: int):
-  """The `train.pretrain` config of one (variant, seed) of part (c)."""
-  _checks.choice("losses.variants", variant, sorted(VARIANTS))
-  c = train.default_config()
-  c.name = f"alpha_cl_{variant}"
-  for name in ("data", "model", "augmentation", "steps", "batch_size", "temperature",
-               "learning_rate", "projection_dim"):
-    c[name] = cfg[name]
-  c.warmup_steps = min(c.warmup_steps, max(cfg.steps // 10, 0))
-  c.seed = seed
-  c.eval_every = 0
-  c.checkpoint_every = 0
-  c.log_every = min(c.log_every, cfg.steps)
-  c.progress = False
-  for k, v in VARIANTS[variant].items():
-    c[k] = v
-  return c
+def cells(cfg: ml_collections.ConfigDict) -> dict[str, dict]:
+  """The study cells of part (c): `cfg.variants` of `VARIANTS`, each run named after it."""
+  for variant in cfg.variants:
+    _checks.choice("losses.variants", variant, sorted(VARIANTS))
+  return {v: dict(VARIANTS[v], name=f"alpha_cl_{v}") for v in cfg.variants}
+
+
+def _accuracies(run, run_dir: str, dataset) -> dict:
+  summary = _study.pretrain(run, run_dir, dataset)
+  return {"loss": run.loss, "knn_accuracy": summary["knn_accuracy"],
+          "linear_accuracy": summary["linear_accuracy"], "wall_seconds": summary["wall_seconds"]}
 
 
 def run_losses(cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True) -> dict:
-  """Part (c): every (variant, seed) through `train.pretrain`; mean ± std table."""
-  _checks.positive_int("losses.seeds", cfg.seeds)
-  configs = [(v, s, train_config(cfg, v, s)) for v in cfg.variants for s in range(cfg.seeds)]
-  runs = []
-  for variant, seed, c in tqdm(configs, desc="(c) losses", disable=not progress):
-    summary = train.pretrain_once(c, os.path.join(workdir, "losses", f"{variant}_s{seed}"))
-    runs.append({"variant": variant, "seed": seed, "loss": c.loss,
-                 "knn_accuracy": summary["knn_accuracy"],
-                 "linear_accuracy": summary["linear_accuracy"],
-                 "wall_seconds": summary["wall_seconds"]})
-  table = {}
-  for v in cfg.variants:
-    rows = [r for r in runs if r["variant"] == v]
-    table[v] = {m: [float(np.mean([r[m] for r in rows])), float(np.std([r[m] for r in rows]))]
-                for m in ("knn_accuracy", "linear_accuracy")}
-  return {"runs": runs, "table": table,
+  """Part (c): every (variant, seed) through `train.pretrain` (the study runner in
+  `workdir/losses`); mean ± sample std and, paired by seed, minus InfoNCE."""
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  cfg.warmup_steps = min(cfg.warmup_steps, cfg.steps // 10)
+  cfg.log_every = min(cfg.log_every, cfg.steps)
+  cfg.progress = progress
+  study_dir = os.path.join(workdir, "losses")
+  summary = _study.run(cfg, study_dir, cells=cells(cfg), run_one=_accuracies, metrics=METRICS,
+                       reference=REFERENCE if REFERENCE in cfg.variants else None,
+                       title="(c) α-CL losses vs InfoNCE")
+  with open(os.path.join(study_dir, "results.json")) as f:
+    runs = json.load(f)
+  with open(os.path.join(study_dir, "results.md")) as f:
+    text = f.read()
+  return {"runs": runs, "table": summary["stats"], "markdown": text,
           "setting": {k: cfg[k] for k in ("data", "model", "augmentation", "steps", "batch_size",
                                          "temperature", "learning_rate", "projection_dim",
                                          "seeds")}}
@@ -481,7 +478,7 @@ def _plots(workdir, results):
     pos = np.arange(len(names))
     for off, metric in ((-0.2, "knn_accuracy"), (0.2, "linear_accuracy")):
       ax.bar(pos + off, [table[n][metric][0] for n in names], 0.4,
-             yerr=[table[n][metric][1] for n in names], label=metric)
+             yerr=[_study.errorbar_std(table[n][metric]) for n in names], label=metric)
     ax.set_xticks(pos, names, rotation=30, fontsize=7)
     ax.set_ylim(min(table[n]["knn_accuracy"][0] for n in names) - 0.1, 1.0)
     ax.set(ylabel="test accuracy", title="(c) α-CL variants vs InfoNCE")
@@ -527,21 +524,16 @@ def summary_markdown(results) -> str:
   if "losses" in results:
     los = results["losses"]
     lines += ["## (c) α-CL losses vs InfoNCE", "", f"Setting: {los['setting']}", "",
-              "| variant | kNN acc. (mean ± std) | linear probe (mean ± std) |", "|---|---|---|"]
-    for v, row in los["table"].items():
-      lines.append(f"| {v} | {row['knn_accuracy'][0]:.4f} ± {row['knn_accuracy'][1]:.4f} | "
-                   f"{row['linear_accuracy'][0]:.4f} ± {row['linear_accuracy'][1]:.4f} |")
+              los["markdown"]]
     wall = sum(r["wall_seconds"] for r in los["runs"])
     lines += ["", f"Total wall {wall:.0f} s over {len(los['runs'])} runs (training + evaluation).",
               ""]
   return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-  config, args = config_lib.parse(get_config(), argv, description=__doc__)
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for part in config.parts:
     _checks.choice("parts", part, PARTS)
-  workdir = args.workdir or os.path.join("runs", config.name)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config.to_dict(), f, indent=2)
@@ -573,4 +565,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  _study.main(get_config, run)

@@ -1,11 +1,13 @@
 """Generalisation diagnostics for SimCLR and Barlow Twins under different augmentations
-(SPEC §3; [P001] Huang, Yi & Zhao 2023, Tables 1–2 and Theorem 1).
+(Huang, Yi & Zhao 2023, Tables 1–2 and Theorem 1).
 
 Cells: method ∈ {simclr (NT-Xent), barlow (Barlow Twins)} × augmentation ∈ `augmentations`
 (crop; crop+flip; crop+jitter; crop+blur+gray+jitter; all five), plus a colour-strength sweep
 s ∈ `strengths` on crop+jitter (SimCLR only, as in the paper's Table 2; `strength_methods`),
 each for `seeds` (≥ 2) seeds, via `contrax.train.pretrain` with the same data, encoder,
-optimiser, batch and number of steps. The strength-s augmentation is `augment.with_color_strength(
+optimiser, batch and number of steps. Each (method, augmentation) is a cell of
+`experiments/_study.py` (a loss preset and the augmentation), every cell of a seed on the same
+loaded dataset; tables give mean ± sample std (ddof = 1) over the seeds. The strength-s augmentation is `augment.with_color_strength(
 PRESETS["crop+jitter"], s)`, registered at import as the preset "crop+jitter@s<s>"
 (s = 0.5 is the "crop+jitter" preset itself and reuses its runs).
 
@@ -25,7 +27,7 @@ Digits (the default) are 8×8 grayscale: flip, crop and blur act; colour jitter 
 brightness/contrast, and grayscale, saturation and hue do nothing. So only the geometric part
 (and an intensity-jitter analogue of the strength sweep) of the paper's study applies there.
 
-Command (every config field is a flag, e.g. `--steps 100 --seeds 0,1`):
+Command (every config field is a flag, e.g. `--config.steps=100 --config.seeds=0,1`):
 
     python experiments/generalization.py
 
@@ -37,12 +39,12 @@ and optimiser, 1,500 steps of batch 128 per run; 16 runs: SimCLR and Barlow Twin
 five, and SimCLR's colour sweep, 2 seeds; ≈ 7-11 min per run; run in three parts, 38 min + 1 h
 35 min + 37 min wall, partly sharing the CPU with another study; finished runs are reused):
 
-    python experiments/generalization.py --data folder:../shared/data/cifar10-train-10k \\
-        --model convnet --methods simclr,barlow --augmentations crop,all \\
-        --strengths 1,0.5,0.25,0.125 --seeds 0,1 \\
-        --steps 1500 --batch_size 128 --temperature 0.2 --learning_rate 2e-3 \\
-        --warmup_steps 200 --projection_dim 128 --deltas 8.0,12.0 --eps 1.0 \\
-        --workdir runs/generalization_cifar
+    python experiments/generalization.py --config.data=folder:data/cifar10-train-10k \\
+        --config.model=convnet --config.methods=simclr,barlow --config.augmentations=crop,all \\
+        --config.strengths=1,0.5,0.25,0.125 --config.seeds=0,1 \\
+        --config.steps=1500 --config.batch_size=128 --config.temperature=0.2 \\
+        --config.learning_rate=2e-3 --config.warmup_steps=200 --config.projection_dim=128 \\
+        --config.deltas=8.0,12.0 --config.eps=1.0 --workdir=runs/generalization_cifar
 
 Result (kNN / linear probe on the 1,000 held-out images, mean ± std over 2 seeds):
 - richer augmentation, SimCLR: crop 0.311 ± 0.010 / 0.417 vs all five 0.421 ± 0.027 / 0.488
@@ -57,8 +59,9 @@ Result (kNN / linear probe on the 1,000 held-out images, mean ± std over 2 seed
   0.49-0.74: R̂_ε ≈ 0 at ε = 1, and σ̂ from a greedy clique on 300 images is an estimate);
   Theorem 1's threshold is negative in every run.
 
-Writes runs/generalization/ (or --workdir): one run directory per (method, augmentation, seed)
-(`train.pretrain_once`: a finished run is reused, so an interrupted study resumes), config.json,
+Writes runs/generalization/ (or --workdir): one run directory runs/<method>_<augmentation>_seed<s>
+per (method, augmentation, seed) (`train.pretrain_once`: a finished run is reused, so an
+interrupted study resumes), config.json,
 results.json, results.md (table), accuracy_vs_augmentation.png, error_vs_bound.png,
 summary.json.
 
@@ -76,19 +79,15 @@ Result of the default command (digits, MLP, 300 steps of batch 256, seeds 0, 1; 
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
-from contrax import augment, data, theory, train
-from contrax import config as config_lib
+import _study
+from contrax import augment, theory, train
 
 RICHNESS = ("crop", "crop+flip", "crop+jitter", "crop+blur+gray+jitter", "all")
 
@@ -125,33 +124,20 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
-LOSS_OF = {"simclr": "ntxent", "barlow": "barlow"}
+PRESET_OF = {"simclr": "ntxent", "barlow": "barlow"}
 
 
-def cells(config) -> list[tuple[str, str]]:
-  """(method, augmentation preset) pairs, without duplicates, in a stable order."""
-  out = [(m, a) for m in config.methods for a in config.augmentations]
-  for m in config.strength_methods:
-    for s in config.strengths:
-      if (m, strength_preset(s)) not in out:
-        out.append((m, strength_preset(s)))
-  return out
-
-
-def run_config(config, method: str, aug: str, seed: int) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict(train.default_config().to_dict())
-  for key in c.keys():
-    if key in config:
-      c[key] = config[key]
-  c.loss = LOSS_OF[method]
-  c.augmentation = aug
-  c.seed = seed
-  return c
+def cells(config) -> dict[str, dict]:
+  """`<method>_<augmentation preset>` -> its cell (loss preset, augmentation), without
+  duplicates, in a stable order."""
+  pairs = [(m, a) for m in config.methods for a in config.augmentations]
+  pairs += [(m, strength_preset(s)) for m in config.strength_methods for s in config.strengths]
+  return {f"{m}_{a}": {"preset": PRESET_OF[m], "augmentation": a} for m, a in pairs}
 
 
 def trained_encoder(run: ml_collections.ConfigDict, workdir: str, image_shape):
   """`apply(images) -> h` for the final parameters of a finished `train.pretrain` run."""
-  model, variables = train.load_trained(run, workdir, image_shape)
+  model, variables = train.load_trained(workdir)
   apply = jax.jit(lambda x: model.apply(variables, x, method=type(model).encode))
   return lambda x: apply(augment.to_float(jnp.asarray(x)))
 
@@ -171,7 +157,8 @@ def lipschitz_lower_bound(view_feats: np.ndarray, views: np.ndarray) -> float:
 
 
 def diagnostics(config, run, workdir: str, dataset) -> dict:
-  """The SPEC §3 quantities for one trained encoder (see the module docstring)."""
+  """The quantities of Huang, Yi & Zhao's Theorem 1 for one trained encoder (see the module
+  docstring)."""
   encode = trained_encoder(run, workdir, dataset.train.image_shape)
   num_classes = dataset.num_classes
   key = jax.random.key(run.seed + 20_000)
@@ -209,58 +196,25 @@ def diagnostics(config, run, workdir: str, dataset) -> dict:
   return out
 
 
-KEYS = ("knn_accuracy", "linear_accuracy", "nc_error", "l_align", "r_eps", "max_cross_centre",
-        "threshold", "bound")
-
-
-def mean_std(values) -> tuple[float, float]:
-  values = np.asarray(values, np.float64)
-  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
-def aggregate(records: list[dict], config) -> dict:
-  keys = KEYS + tuple(f"one_minus_sigma@{float(d):g}" for d in config.deltas)
-  groups: dict = {}
-  for r in records:
-    groups.setdefault(f"{r['method']}|{r['augmentation']}", []).append(r)
-  out = {}
-  for cell, rs in groups.items():
-    out[cell] = {k: mean_std([r[k] for r in rs]) for k in keys}
-    out[cell]["seeds"] = len(rs)
-    out[cell]["bound_holds"] = sum(r["bound_holds"] for r in rs)
-  return out
-
-
-def table(stats: dict, config) -> str:
+def metrics(config) -> dict[str, str]:
   d1, d2 = (f"{float(d):g}" for d in config.deltas)
-  lines = [f"{config.data}, {config.model}, {config.steps} steps of batch {config.batch_size}; "
-           f"diagnostics on {config.diag_images} images × S = {config.num_views} views, "
-           f"ε = {config.eps}; mean ± std over seeds", "",
-           f"| method | augmentation | seeds | kNN | linear | NN-centre err | L_align | R̂_ε | "
-           f"max μ_kᵀμ_ℓ | threshold | 1−σ̂(δ={d1}) | 1−σ̂(δ={d2}) | (1−σ̂)+R̂_ε | err ≤ bound |",
-           "|" + "---|" * 14]
-  for cell, s in stats.items():
-    method, aug = cell.split("|")
-    f = lambda k: f"{s[k][0]:.3f} ± {s[k][1]:.3f}"  # noqa: E731
-    lines.append(f"| {method} | {aug} | {s['seeds']} | {f('knn_accuracy')} | "
-                 f"{f('linear_accuracy')} | {f('nc_error')} | {f('l_align')} | {f('r_eps')} | "
-                 f"{f('max_cross_centre')} | {f('threshold')} | {f('one_minus_sigma@' + d1)} | "
-                 f"{f('one_minus_sigma@' + d2)} | {f('bound')} | {s['bound_holds']}/{s['seeds']} |")
-  return "\n".join(lines)
+  return {"knn_accuracy": "kNN", "linear_accuracy": "linear", "nc_error": "NN-centre err",
+          "l_align": "L_align", "r_eps": "R̂_ε", "max_cross_centre": "max μ_kᵀμ_ℓ",
+          "threshold": "threshold", f"one_minus_sigma@{d1}": f"1−σ̂(δ={d1})",
+          f"one_minus_sigma@{d2}": f"1−σ̂(δ={d2})", "bound": "(1−σ̂)+R̂_ε",
+          "bound_holds": "fraction err ≤ bound"}
 
 
 def plot(stats: dict, records: list[dict], config, workdir: str) -> None:
-  import matplotlib
+  import matplotlib.figure
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+  fig = matplotlib.figure.Figure(figsize=(11, 4), dpi=110)
+  axes = fig.subplots(1, 2)
   ax = axes[0]
   for method in config.methods:
-    xs = [a for a in config.augmentations if f"{method}|{a}" in stats]
-    ax.errorbar(range(len(xs)), [stats[f"{method}|{a}"]["knn_accuracy"][0] for a in xs],
-                yerr=[stats[f"{method}|{a}"]["knn_accuracy"][1] for a in xs], marker="o",
+    xs = [a for a in config.augmentations if f"{method}_{a}" in stats]
+    ax.errorbar(range(len(xs)), [stats[f"{method}_{a}"]["knn_accuracy"][0] for a in xs],
+                yerr=[_study.errorbar_std(stats[f"{method}_{a}"]["knn_accuracy"]) for a in xs], marker="o",
                 capsize=3, label=method)
     ax.set_xticks(range(len(xs)), xs, rotation=20, fontsize=7)
   ax.set_ylabel("kNN test accuracy")
@@ -268,9 +222,10 @@ def plot(stats: dict, records: list[dict], config, workdir: str) -> None:
   ax.legend()
   ax = axes[1]
   for method in config.strength_methods:
-    ss = [s for s in config.strengths if f"{method}|{strength_preset(s)}" in stats]
-    ax.errorbar(ss, [stats[f"{method}|{strength_preset(s)}"]["knn_accuracy"][0] for s in ss],
-                yerr=[stats[f"{method}|{strength_preset(s)}"]["knn_accuracy"][1] for s in ss],
+    ss = [s for s in config.strengths if f"{method}_{strength_preset(s)}" in stats]
+    ax.errorbar(ss, [stats[f"{method}_{strength_preset(s)}"]["knn_accuracy"][0] for s in ss],
+                yerr=[_study.errorbar_std(stats[f"{method}_{strength_preset(s)}"]["knn_accuracy"])
+                      for s in ss],
                 marker="o", capsize=3, label=method)
   ax.set_xscale("log", base=2)
   ax.set_xlabel("colour strength s (crop+jitter)")
@@ -279,11 +234,11 @@ def plot(stats: dict, records: list[dict], config, workdir: str) -> None:
   ax.legend()
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, "accuracy_vs_augmentation.png"))
-  plt.close(fig)
 
-  fig, ax = plt.subplots(figsize=(5, 4.5), dpi=110)
+  fig = matplotlib.figure.Figure(figsize=(5, 4.5), dpi=110)
+  ax = fig.subplots()
   for method in config.methods:
-    rs = [r for r in records if r["method"] == method]
+    rs = [r for r in records if r["cell"].partition("_")[0] == method]
     ax.scatter([r["bound"] for r in rs], [r["nc_error"] for r in rs], label=method, s=18)
   top = max([r["bound"] for r in records] + [r["nc_error"] for r in records] + [0.1])
   ax.plot([0, top], [0, top], "k--", lw=1, label="error = bound")
@@ -292,45 +247,25 @@ def plot(stats: dict, records: list[dict], config, workdir: str) -> None:
   ax.legend()
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, "error_vs_bound.png"))
-  plt.close(fig)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if len(config.deltas) != 2:
     raise ValueError(f"deltas must hold two values, got {config.deltas!r}")
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=2)
-  start = time.time()
-  records = []
-  jobs = [(m, a, s) for m, a in cells(config) for s in config.seeds]
-  for method, aug, seed in tqdm(jobs, desc="generalization", disable=not sys.stderr.isatty()):
-    run_cfg = run_config(config, method, aug, seed)
-    run_dir = os.path.abspath(os.path.join(workdir, "runs", f"{method}_{aug}_seed{seed}"))
-    summary = train.pretrain_once(run_cfg, run_dir)
-    dataset = data.load(run_cfg.data, seed=seed)
-    record = dict(method=method, augmentation=aug, seed=seed,
-                  knn_accuracy=summary["knn_accuracy"],
-                  linear_accuracy=summary["linear_accuracy"],
-                  wall_seconds=summary["wall_seconds"],
-                  **diagnostics(config, run_cfg, run_dir, dataset))
-    records.append(record)
-    print(json.dumps(record), flush=True)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(records, f, indent=2)
-  stats = aggregate(records, config)
-  text = table(stats, config)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(text + "\n")
-  plot(stats, records, config, workdir)
-  summary = dict(stats=stats, wall_seconds=time.time() - start,
-                 bound_holds=sum(r["bound_holds"] for r in records), runs=len(records))
-  return config_lib.write_summary(workdir, summary, text)
 
+  def run_one(run, run_dir, dataset):
+    summary = _study.pretrain(run, run_dir, dataset)
+    return dict(knn_accuracy=summary["knn_accuracy"], linear_accuracy=summary["linear_accuracy"],
+                wall_seconds=summary["wall_seconds"],
+                **diagnostics(config, run, run_dir, dataset))
 
-def main(argv=None) -> dict:
-  return config_lib.run_script(get_config, run, argv, description=__doc__)
+  title = (f"{config.data}, {config.model}, {config.steps} steps of batch {config.batch_size}; "
+           f"diagnostics on {config.diag_images} images × S = {config.num_views} views, "
+           f"ε = {config.eps}")
+  return _study.run(config, workdir, cells=cells(config), run_one=run_one,
+                    metrics=metrics(config), title=title,
+                    plot=lambda stats, records, workdir: plot(stats, records, config, workdir))
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  _study.main(get_config, run)

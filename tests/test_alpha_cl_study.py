@@ -18,7 +18,8 @@ import alpha_cl as study  # noqa: E402
 
 
 def _oracle_cov(x1, x2, alpha):
-  """C_α written from Tian 2022 with explicit loops, float64."""
+  """C_α = Σ_i Σ_{j≠i,i+} α_ij [(x_i − x_j)(x_i − x_j)ᵀ − (x_i − x_i+)(x_i − x_i+)ᵀ] with explicit
+  loops, float64."""
   x = np.concatenate([x1, x2]).astype(np.float64)
   n, b = x.shape[0], x1.shape[0]
   cov = np.zeros((x.shape[1], x.shape[1]))
@@ -187,11 +188,12 @@ def test_relu_first_layer_has_higher_rank_tiny():
 
 def test_losses_part_end_to_end_tiny(tmp_path):
   cfg = study.get_config().losses
-  cfg.variants, cfg.seeds, cfg.steps, cfg.batch_size = ("infonce", "direct_p4"), 1, 2, 32
+  cfg.variants, cfg.seeds, cfg.steps, cfg.batch_size = ("infonce", "direct_p4"), (0,), 2, 32
   res = study.run_losses(cfg, str(tmp_path), progress=False)
   assert set(res["table"]) == {"infonce", "direct_p4"}
   for row in res["table"].values():
     assert 0.0 <= row["knn_accuracy"][0] <= 1.0 and 0.0 <= row["linear_accuracy"][0] <= 1.0
-  assert os.path.exists(tmp_path / "losses" / "direct_p4_s0" / "summary.json")
+  assert os.path.exists(tmp_path / "losses" / "runs" / "direct_p4_seed0" / "summary.json")
+  cfg.variants = ("nope",)
   with pytest.raises(ValueError, match="losses.variants"):
-    study.train_config(cfg, "nope", 0)
+    study.cells(cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -14,6 +15,8 @@ from contrax.losses import infonce
 from test_ot import oracle_cost_and_mask, oracle_sinkhorn, views
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import _study  # noqa: E402
 
 
 def load_experiment():
@@ -25,7 +28,9 @@ def load_experiment():
 
 
 def spec_infonce(z1, z2, w, t, tau_plus):
-  """SPEC §1 in float64 NumPy: weighted negatives with the debiasing clamp."""
+  """Weighted InfoNCE with the debiasing clamp in float64 NumPy: row i gives
+  `-log(p_i / (p_i + max((M Σ_j w_ij e_ij − tau_plus M p_i) / (1 − tau_plus), M e^{-1/t})))`,
+  `e_ij = exp(s_ij / t)`, `p_i = e_ii+`, M = 2B − 2 negatives."""
   z = np.concatenate([np.asarray(z1, np.float64), np.asarray(z2, np.float64)])
   z /= np.linalg.norm(z, axis=1, keepdims=True)
   n = z.shape[0]
@@ -75,10 +80,10 @@ def test_bad_ot_config_is_rejected_before_compiling():
 def test_experiment_methods_map_to_train_losses():
   hn = load_experiment()
   config = hn.get_config()
-  named = hn.methods(config)
+  named = hn.cells(config)
   assert len(named) == 3 + len(config.ot_epsilons) + 1 and len(config.seeds) >= 3
-  for method, overrides in named.items():
-    run = hn.run_config(config, overrides, seed=7)
+  for method, cell in named.items():
+    run = _study.train_config(_study.apply_cell(config, dict(cell, seed=7)))
     assert run.loss in train.LOSSES and run.seed == 7 and run.steps == config.steps
     train.make_loss(run)  # every method's loss builds with the study's hyper-parameters
 
@@ -87,26 +92,28 @@ def test_aggregate_pairs_each_method_with_simclr_of_the_same_seed():
   """kNN 0.5/0.6/0.7 (SimCLR) vs 0.55/0.6/0.8 (seeds 0-2): paired differences 0.05/0/0.1,
   mean 0.05, sample std 0.05; unpaired the spread would be ≈ 0.1 (the seeds' own spread)."""
   hn = load_experiment()
-  records = [dict(method=method, seed=seed, knn_accuracy=knn, linear_accuracy=1 - knn,
+  records = [dict(cell=method, seed=seed, knn_accuracy=knn, linear_accuracy=1 - knn,
                   excess_similarity=0.0, weighted_similarity=0.0, uniform_similarity=0.0)
              for method, accs in (("simclr", (0.5, 0.6, 0.7)), ("hcl", (0.55, 0.6, 0.8)))
              for seed, knn in enumerate(accs)]
   records.append(dict(records[-1], seed=9))  # a seed SimCLR lacks is left out of the pairing
-  stats = hn.aggregate(records)
+  stats = _study.aggregate(records, hn.METRICS, hn.REFERENCE, ("knn_accuracy",
+                                                                 "linear_accuracy"))
   np.testing.assert_allclose(stats["hcl"]["knn_accuracy_minus_simclr"], (0.05, 0.05), atol=1e-12)
   np.testing.assert_allclose(stats["hcl"]["linear_accuracy_minus_simclr"], (-0.05, 0.05),
                              atol=1e-12)
   np.testing.assert_allclose(stats["simclr"]["knn_accuracy_minus_simclr"], (0.0, 0.0))
-  assert "| hcl | 4 |" in hn.table(stats, hn.get_config())
-  assert "+0.050 ± 0.050" in hn.table(stats, hn.get_config())
+  assert "| hcl | 4 |" in _study.table(stats, hn.METRICS, hn.REFERENCE)
+  assert "+0.050 ± 0.050" in _study.table(stats, hn.METRICS, hn.REFERENCE)
 
 
 @pytest.mark.slow
 def test_experiment_runs_at_tiny_size(tmp_path):
   hn = load_experiment()
-  argv = ["--steps", "2", "--batch_size", "32", "--seeds", "0,1,2", "--ot_epsilons", "0.7",
-          "--diagnostic_images", "16", "--ot_iterations", "5", "--workdir", str(tmp_path)]
-  summary = hn.main(argv)
+  config = _study.apply_cell(hn.get_config(), {
+      "steps": 2, "batch_size": 32, "seeds": (0, 1, 2), "ot_epsilons": (0.7,),
+      "diagnostic_images": 16, "weighting.ot.num_iterations": 5})
+  summary = hn.run(config, str(tmp_path))
   stats = summary["stats"]
   assert set(stats) == {"simclr", "debiased", "hcl", "hcl_ot_eps0.7", "quadratic_ot"}
   for method, s in stats.items():

@@ -61,13 +61,13 @@ def test_a_reused_run_directory_is_refused_overwritten_or_resumed(tmp_path, no_f
 
 def test_load_trained_from_a_relative_path(tmp_path, monkeypatch, no_final_eval):
   """Issue 19.3: orbax needs absolute paths; a finished run loads from its directory alone
-  (relative or not), and the studies' `train.load_trained(config, path, shape)` too."""
+  (relative or not), and with the model built from a given config too."""
   config = tiny_config(steps=2, model="convnet", widths=(4, 8))
   train.pretrain(config, str(tmp_path / "runs" / "pretrain"))
   monkeypatch.chdir(tmp_path)
-  model, variables = runs.load_trained("runs/pretrain")
+  model, variables = train.load_trained("runs/pretrain")
   assert model.encoder.widths == (4, 8)
-  _, same = train.load_trained(config, "runs/pretrain", (8, 8, 1))
+  _, same = train.load_trained("runs/pretrain", config=config)
   images = np.random.default_rng(0).random((3, 8, 8, 1), np.float32)
   h = model.apply(variables, images, train=False)[0]
   np.testing.assert_allclose(h, model.apply(same, images, train=False)[0], rtol=0, atol=0)

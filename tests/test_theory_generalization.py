@@ -146,7 +146,9 @@ def test_experiment_runs_end_to_end(tmp_path):
   import importlib.util
   import json
   import os
+  import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path.insert(0, os.path.join(root, "experiments"))  # its `import _study`
   spec = importlib.util.spec_from_file_location(
       "generalization", os.path.join(root, "experiments", "generalization.py"))
   module = importlib.util.module_from_spec(spec)

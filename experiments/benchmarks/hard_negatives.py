@@ -1,12 +1,13 @@
 """Benchmark: the cost of OT hard negatives (HCL-OT) against NT-Xent, and ott-jax vs POT.
 
-Three measurements, each timed in this one process with the two contenders interleaved
-(A, B, A, B, ...) so that load on the machine hits both alike; the fastest of `repeats` runs
-is reported (the median is in results.json):
+Three measurements, each timed in this one process with the contenders interleaved
+(A, B, A, B, ...; `_harness.time_calls`, after an untimed compile call) so that load on the
+machine hits all alike; the fastest of `repeats` runs is reported (the median is in
+results.json):
 
 1. Loss step: `jax.jit(jax.value_and_grad(loss))` w.r.t. both views, 2B = 512 and 2048,
-   D = 128, t = 0.5. NT-Xent vs HCL-OT = `infonce(weights=stop_gradient(negatives.ot(...)),
-   tau_plus)` with eps = 0.7 and a fixed `num_iterations` of Sinkhorn (the coupling is part of
+   D = 128, t = 0.5. NT-Xent vs HCL-OT = the trainer's `hcl_ot` objective (`objectives.make`:
+   `infonce(weights=stop_gradient(weights.ot(...)), tau_plus)`) with eps = 0.7 and a fixed `num_iterations` of Sinkhorn (the coupling is part of
    the step). Inputs are clustered (10 centres + noise, like embeddings of a trained encoder)
    so that the coupling is far from uniform; the coupling's column marginal error at the
    chosen iteration count is reported next to the time.
@@ -48,13 +49,10 @@ at 2B = 512); or reusing the loss's exp(s/t) matrix as the kernel when eps = 2t.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 
+import _harness
 import ml_collections
-
-from contrax import config as config_lib  # no JAX import: safe before XLA_FLAGS are set
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -85,40 +83,21 @@ def clustered_views(key, batch: int, dim: int, num_clusters: int = 10, noise: fl
           centres[labels] + noise * jax.random.normal(k2, (batch, dim)))
 
 
-def interleaved_seconds(functions: dict, repeats: int) -> dict:
-  """Run each zero-argument function once (compile), then `repeats` interleaved timed rounds."""
-  import jax
-  import numpy as np
-
-  for fn in functions.values():
-    jax.block_until_ready(fn())
-  times = {name: [] for name in functions}
-  for _ in range(repeats):
-    for name, fn in functions.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - start)
-  return {name: dict(min=min(t), median=float(np.median(t))) for name, t in times.items()}
-
-
 def losses(config) -> dict:
   """NT-Xent and HCL-OT with each Sinkhorn iteration count, by name."""
-  import jax
+  from contrax import objectives
 
-  from contrax import negatives
-  from contrax.losses import infonce
+  def objective(preset, **weighting_ot):
+    c = objectives.apply_preset(objectives.default_config(), preset)
+    c.loss.temperature = config.temperature
+    if weighting_ot:  # the trainer's HCL-OT objective (coupling detached, as the official code)
+      c.loss.tau_plus = config.tau_plus
+      c.weighting.ot.update(weighting_ot)
+    return objectives.make(c)
 
-  def ntxent(z1, z2):
-    return infonce(z1, z2, temperature=config.temperature)
-
-  def hcl_ot(z1, z2, num_iterations):
-    w = negatives.ot(z1, z2, epsilon=config.epsilon, num_iterations=num_iterations)
-    return infonce(z1, z2, temperature=config.temperature, weights=jax.lax.stop_gradient(w),
-                   tau_plus=config.tau_plus)
-
-  named = dict(ntxent=ntxent)
+  named = dict(ntxent=objective("ntxent"))
   for it in config.iteration_counts:
-    named[f"hcl_ot_{it}"] = lambda z1, z2, it=it: hcl_ot(z1, z2, it)
+    named[f"hcl_ot_{it}"] = objective("hcl_ot", epsilon=config.epsilon, num_iterations=it)
   return named
 
 
@@ -130,16 +109,17 @@ def loss_step(config, n: int) -> dict:
   import jax
 
   from contrax import ot
+  from contrax import pairs as pairs_lib
 
   z1, z2 = clustered_views(jax.random.key(config.seed), n // 2, config.dim)
   steps = {name: jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
            for name, loss in losses(config).items()}
-  seconds = interleaved_seconds({k: (lambda f=f: f(z1, z2)) for k, f in steps.items()},
+  seconds = _harness.time_calls({k: (lambda f=f: f(z1, z2)) for k, f in steps.items()},
                                 config.repeats)
   errors = {}
   for it in config.iteration_counts:
-    _, diagnostics = jax.jit(lambda a, b: ot.coupling(
-        a, b, epsilon=config.epsilon, num_iterations=it))(z1, z2)
+    diagnostics = jax.jit(lambda a, b: ot.batch_coupling(
+        pairs_lib.build(a, b), epsilon=config.epsilon, num_iterations=it).diagnostics)(z1, z2)
     errors[f"hcl_ot_{it}"] = float(diagnostics.column_marginal_error)
   return dict(n=n, seconds=seconds, ratio=ratios(seconds), column_marginal_error=errors)
 
@@ -163,7 +143,7 @@ def encoder_step(config, n: int) -> dict:
     return jax.jit(jax.value_and_grad(objective))
 
   steps = {name: make_step(loss) for name, loss in losses(config).items()}
-  seconds = interleaved_seconds({k: (lambda f=f: f(variables["params"])) for k, f in steps.items()},
+  seconds = _harness.time_calls({k: (lambda f=f: f(variables["params"])) for k, f in steps.items()},
                                 config.repeats)
   return dict(n=n, seconds=seconds, ratio=ratios(seconds))
 
@@ -177,16 +157,15 @@ def coupling_vs_pot(config, n: int, num_iterations: int) -> dict:
   import ot as pot
 
   from contrax import ot
+  from contrax import pairs as pairs_lib
 
   z1, z2 = clustered_views(jax.random.key(config.seed), n // 2, config.dim)
-  problem = ot.batch_cost(z1, z2)
+  problem = ot.batch_problem(pairs_lib.build(z1, z2))
   cost = ot.exclude_pairs(problem.cost, problem.negative_mask, config.epsilon)
   marginal = jnp.full((n,), 1.0 / n, jnp.float32)
-  solvers = {
-      name: jax.jit(lambda c, lse_mode=lse_mode: ot.entropic_coupling(
-          c, marginal, marginal, epsilon=config.epsilon, num_iterations=num_iterations,
-          keep_mask=problem.negative_mask, lse_mode=lse_mode)[0])
-      for name, lse_mode in (("contrax_log", True), ("contrax_kernel", False))}
+  solvers = {"contrax_log": jax.jit(lambda c: ot.entropic_coupling(
+      c, marginal, marginal, epsilon=config.epsilon, num_iterations=num_iterations,
+      keep_mask=problem.negative_mask)[0])}
   cost_host = np.asarray(cost, np.float64)
   a_host = np.full(n, 1.0 / n)
 
@@ -197,7 +176,7 @@ def coupling_vs_pot(config, n: int, num_iterations: int) -> dict:
                           numItermax=num_iterations, stopThr=0.0)
 
   contenders = {name: (lambda f=f: f(cost)) for name, f in solvers.items()}
-  seconds = interleaved_seconds(dict(contenders, pot=pot_solve), config.repeats)
+  seconds = _harness.time_calls(dict(contenders, pot=pot_solve), config.repeats)
   expected = pot_solve()
   diff = {name: float(np.max(np.abs(np.asarray(f(cost), np.float64) - expected)))
           for name, f in solvers.items()}
@@ -230,22 +209,19 @@ def tables(results: dict, config) -> str:
                for k in counts]
       lines.append(f"| {r['n']} | {1e3 * s['ntxent']['min']:.0f} | " + " | ".join(cells) + " |")
   lines += ["", f"Coupling alone from the masked cost, eps = {config.epsilon}:", "",
-            "| 2B | iterations | contrax/ott log-domain f32 (ms) | contrax/ott kernel f32 (ms) | "
+            "| 2B | iterations | contrax/ott log-domain f32 (ms) | "
             "POT ot.sinkhorn NumPy f64 (ms) | POT / contrax log | max abs diff to POT (largest "
-            "entry) |", "|---|---|---|---|---|---|---|"]
+            "entry) |", "|---|---|---|---|---|---|"]
   for r in results["coupling"]:
     s = r["seconds"]
     lines.append(f"| {r['n']} | {r['num_iterations']} | {1e3 * s['contrax_log']['min']:.1f} | "
-                 f"{1e3 * s['contrax_kernel']['min']:.1f} | {1e3 * s['pot']['min']:.1f} | "
+                 f"{1e3 * s['pot']['min']:.1f} | "
                  f"{r['pot_over_contrax']:.2f}x | {r['max_abs_diff']['contrax_log']:.0e} "
                  f"({r['max_entry']:.0e}) |")
   return "\n".join(lines)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=2)
   results = dict(loss_step=[], encoder_step=[], coupling=[])
   start = time.perf_counter()
   for n in config.sizes:
@@ -258,23 +234,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results["encoder_step"].append(encoder_step(config, n))
     print(json.dumps(results["encoder_step"][-1]), flush=True)
   results["seconds_total"] = time.perf_counter() - start
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  text = tables(results, config)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(text + "\n")
   summary = dict(
       loss_step_ratio={r["n"]: r["ratio"] for r in results["loss_step"]},
       encoder_step_ratio={r["n"]: r["ratio"] for r in results["encoder_step"]},
       pot_over_contrax={f"{r['n']}@{r['num_iterations']}": r["pot_over_contrax"]
                         for r in results["coupling"]},
       seconds_total=results["seconds_total"])
-  return config_lib.write_summary(workdir, summary, text)
-
-
-def main(argv=None) -> dict:
-  return config_lib.run_script(get_config, run, argv, description=__doc__)
+  return _harness.write(workdir, config, results, tables(results, config), summary)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  _harness.main(get_config, run)

@@ -15,7 +15,9 @@ batch B (N = 2B stacked embeddings, D = 128, float32), each device holding b = B
 Per-device memory is XLA's compiled memory analysis of the SPMD program (one device's
 arguments, outputs and temporaries: `jax.jit(...).lower(...).compile().memory_analysis()`);
 the analytic size of one similarity matrix (`[2b, 2B]` or `[2B, 2B]` float32) is given next to
-it. Step time is the fastest of `repeats` runs after compilation. All 8 virtual devices share
+it. Step time is the fastest of `repeats` runs after compilation. Every case runs in a fresh
+Python with `XLA_FLAGS=--xla_force_host_platform_device_count=<num_devices>`
+(`_harness.run_isolated`). All 8 virtual devices share
 the host's cores, so the naive version's redundant work shows up in full in the time; on real
 accelerators it costs the same factor n in FLOPs per device. Cases whose estimated memory
 (8 devices) exceeds `memory_limit_gib` are not run. The loss of every implementation is
@@ -24,7 +26,7 @@ compared with the slab's.
 Command:
 
     python experiments/benchmarks/sharding.py                   # B = 256, 1024, 2048
-    python experiments/benchmarks/sharding.py --batch_sizes 256 --repeats 1   # smoke
+    python experiments/benchmarks/sharding.py --config.batch_sizes=256 --config.repeats=1
 
 Writes runs/sharding/ (or --workdir): config.json, results.json, results.md (the table),
 summary.json.
@@ -45,22 +47,12 @@ The naive version holds 6.6x the slab's memory per device and takes 8x its time 
 """
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
 
-if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in \
-    os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_force_host_platform_device_count=8").strip()
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import _harness
+import ml_collections
 
-import ml_collections  # noqa: E402
-
-from contrax import config as config_lib  # noqa: E402
-
-MIB = 2.0**20
+MIB = _harness.MIB
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -82,7 +74,7 @@ def loss_fn(implementation: str, config: ml_collections.ConfigDict, axis: str):
   """The per-device loss `(z1_local, z2_local) -> global NT-Xent` of `implementation`."""
   import jax
 
-  from contrax.losses import _layout
+  from contrax import pairs as pairs_lib
   from contrax.losses.infonce import infonce
 
   t = config.temperature
@@ -93,20 +85,26 @@ def loss_fn(implementation: str, config: ml_collections.ConfigDict, axis: str):
                                 tile_size=config.tile_size)
   if implementation == "naive":
     def naive(a, b):
-      full = infonce(_layout.all_gather_rows(a, axis), _layout.all_gather_rows(b, axis),
+      full = infonce(pairs_lib.all_gather_rows(a, axis), pairs_lib.all_gather_rows(b, axis),
                      temperature=t)
       return jax.lax.pmean(full, axis)
     return naive
   raise ValueError(f"unknown implementation {implementation!r}; valid: slab, naive, tiled")
 
 
-def measure(implementation: str, batch: int, config: ml_collections.ConfigDict) -> dict:
+def measure(case: dict) -> dict:
+  """One (implementation, batch) on `num_devices` devices, in a fresh process (see `run`)."""
   import jax
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec as P
 
   from contrax import parallel
 
+  config = ml_collections.ConfigDict(case["config"])
+  implementation, batch = case["implementation"], case["batch"]
+  if jax.device_count() < config.num_devices:
+    raise ValueError(f"num_devices {config.num_devices} > the {jax.device_count()} devices JAX "
+                     "sees")
   mesh = parallel.make_mesh(config.num_devices)
   n = parallel.data_axis_size(mesh)
   parallel.check_global_batch(batch, mesh)
@@ -122,19 +120,16 @@ def measure(implementation: str, batch: int, config: ml_collections.ConfigDict) 
   compiled = step.lower(z1, z2).compile()
   record = dict(implementation=implementation, batch=batch, devices=n,
                 compile_seconds=time.perf_counter() - start)
-  analysis = compiled.memory_analysis()
-  per_device = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-                + analysis.temp_size_in_bytes)
-  record.update(temp_mib=analysis.temp_size_in_bytes / MIB, per_device_mib=per_device / MIB)
-  if per_device * n / 2**30 > config.memory_limit_gib:
+  memory = _harness.memory_estimate(compiled)
+  per_device = memory["total_bytes"]
+  record.update(temp_mib=memory["temp_bytes"] / MIB, per_device_mib=per_device / MIB)
+  if per_device * n / _harness.GIB > config.memory_limit_gib:
     record["status"] = "skipped"
     return record
-  seconds = []
-  for _ in range(config.repeats):
-    start = time.perf_counter()
-    value, grads = jax.block_until_ready(compiled(z1, z2))
-    seconds.append(time.perf_counter() - start)
-  record.update(status="ok", seconds=min(seconds), loss=float(value))
+  seconds = _harness.time_calls({"step": lambda: compiled(z1, z2)}, config.repeats,
+                                warmup=False)["step"]
+  value, _ = compiled(z1, z2)
+  record.update(status="ok", seconds=seconds["min"], loss=float(value))
   return record
 
 
@@ -169,37 +164,25 @@ def table(records: list[dict], implementations) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  import jax
-
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=2)
-  if jax.device_count() < config.num_devices:
-    raise ValueError(f"num_devices {config.num_devices} > the {jax.device_count()} devices JAX "
-                     f"sees; set XLA_FLAGS=--xla_force_host_platform_device_count=8 before JAX "
-                     f"starts")
+  env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={config.num_devices}",
+         "JAX_PLATFORMS": "cpu"}
   records = []
   for batch in config.batch_sizes:
     for impl in config.implementations:
-      record = measure(impl, batch, config)
+      case = dict(implementation=impl, batch=batch, config=config.to_dict())
+      record = _harness.run_isolated(__file__, case, env=env)
+      if record["status"] == "failed":
+        raise RuntimeError(f"{impl} at B = {batch} failed:\n{record['error']}")
       records.append(record)
-      print(json.dumps(record), flush=True)
-      with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(records, f, indent=2)
-  text = table(records, config.implementations)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(text + "\n")
+      print(record, flush=True)
   largest = max(config.batch_sizes)
   by_key = {(r["implementation"], r["batch"]): r for r in records}
   summary = {"largest_batch": largest, "devices": config.num_devices,
              **{f"{impl}_per_device_mib": by_key[(impl, largest)]["per_device_mib"]
                 for impl in config.implementations}}
-  return config_lib.write_summary(workdir, summary, text)
-
-
-def main(argv=None) -> dict:
-  return config_lib.run_script(get_config, run, argv, description=__doc__)
+  return _harness.write(workdir, config, records, table(records, config.implementations),
+                        summary)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  _harness.main(get_config, run, measure)

@@ -3,7 +3,7 @@
 N is the number of stacked embeddings (2B: both views), D = 128, float32, NT-Xent (t = 0.5).
 Each (implementation, N) case runs in a fresh Python subprocess that builds the inputs,
 compiles `jax.jit(jax.value_and_grad(loss))`, runs it `repeats` times and reports the
-fastest run and the process's peak resident set (`getrusage(RUSAGE_SELF).ru_maxrss`: inputs,
+fastest run (`_harness.time_calls`, the compile excluded) and the process's peak resident set (`getrusage(RUSAGE_SELF).ru_maxrss`: inputs,
 gradients, the JAX runtime and every buffer XLA allocated). Before running a dense case the
 worker reads the compiled program's memory analysis (arguments + outputs + temporaries);
 when that exceeds `memory_limit_gib` it prints "OOM (est. X GiB)" instead of running.
@@ -11,29 +11,24 @@ when that exceeds `memory_limit_gib` it prints "OOM (est. X GiB)" instead of run
 Commands:
 
     python experiments/benchmarks/tiled_loss.py                      # N = 2^13 .. 2^16
-    python experiments/benchmarks/tiled_loss.py --log2_sizes 13,14,15,16,17,18   # full range
+    python experiments/benchmarks/tiled_loss.py --config.log2_sizes=13,14,15,16,17,18 \\
+        --config.repeats=1                                           # full range
 
 Writes runs/tiled_loss/ (or --workdir): config.json, results.json, results.md (the table),
 memory_vs_n.png, time_vs_n.png, summary.json.
 
 Runtime on the 2-core CPU (shared with other jobs, so timings are preliminary): the default
-range takes about 10 minutes; the full range adds N = 2^17 (~8 min) and N = 2^18 (~30-40 min:
+range takes about 10 minutes; the full range (one timed run) adds N = 2^17 (~8 min) and
+N = 2^18 (~30-40 min:
 forward + backward is ~4·(2^18)²·128 ≈ 3.5e13 multiply-adds of tiles). Results: README.md.
 """
 from __future__ import annotations
 
-import json
 import os
-import resource
-import subprocess
-import sys
 import time
 
+import _harness
 import ml_collections
-
-from contrax import config as config_lib  # no JAX import: safe before XLA_FLAGS are set
-
-GIB = 2.0**30
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -45,7 +40,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.temperature = 0.5
   c.implementations = ("dense", "tiled")
   c.repeats = 2  # timed runs per case after the compile; the fastest is reported
-  c.max_repeat_seconds = 60.0  # stop repeating once one run takes longer than this
   c.memory_limit_gib = 24.0
   c.seed = 0
   return c
@@ -70,34 +64,18 @@ def measure(case: dict) -> dict:
   start = time.perf_counter()
   compiled = step.lower(z1, z2).compile()
   record["compile_seconds"] = time.perf_counter() - start
-  analysis = compiled.memory_analysis()
-  estimate = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-              + analysis.temp_size_in_bytes) / GIB
+  estimate = _harness.memory_estimate(compiled)["total_bytes"] / _harness.GIB
   record["xla_estimate_gib"] = estimate
   if estimate > case["memory_limit_gib"]:
     record["status"] = "oom"
     return record
-  seconds = []
-  for _ in range(case["repeats"]):
-    start = time.perf_counter()
-    loss, grads = jax.block_until_ready(compiled(z1, z2))
-    seconds.append(time.perf_counter() - start)
-    if seconds[-1] > case["max_repeat_seconds"]:
-      break
-  record.update(status="ok", seconds=min(seconds), runs=len(seconds), loss=float(loss),
+  seconds = _harness.time_calls({"step": lambda: compiled(z1, z2)}, case["repeats"],
+                                warmup=False)["step"]
+  loss, grads = compiled(z1, z2)
+  record.update(status="ok", seconds=seconds["min"], runs=case["repeats"], loss=float(loss),
                 grad_norm=float(jnp.sqrt(sum(jnp.sum(g**2) for g in grads))),
-                peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB)
+                peak_rss_gib=_harness.peak_rss_bytes() / _harness.GIB)
   return record
-
-
-def run_case(case: dict) -> dict:
-  """`measure(case)` in a fresh subprocess, so each peak resident set is the case's own."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(case)],
-                        capture_output=True, text=True, env=env)
-  if proc.returncode != 0:
-    return dict(case, status="failed", error=proc.stderr[-2000:])
-  return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def cell(record: dict, key: str, fmt: str) -> str:
@@ -153,26 +131,18 @@ def plots(records: list[dict], workdir: str) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=2)
   records = []
   for log2_n in config.log2_sizes:
     for impl in config.implementations:
       case = dict(implementation=impl, n=2**log2_n, dim=config.dim, tile_size=config.tile_size,
                   temperature=config.temperature, repeats=config.repeats,
-                  max_repeat_seconds=config.max_repeat_seconds,
                   memory_limit_gib=config.memory_limit_gib, seed=config.seed)
-      record = run_case(case)
-      records.append(record)
-      print(json.dumps({k: v for k, v in record.items() if k != "error"}), flush=True)
-      if record["status"] == "failed":
-        print(record["error"], file=sys.stderr)
-      with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(records, f, indent=2)
-  text = table(records, config.implementations)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(text + "\n")
+      # a fresh process per case, so each peak resident set is the case's own
+      records.append(_harness.run_isolated(__file__, case, env={"JAX_PLATFORMS": "cpu"}))
+      print({k: v for k, v in records[-1].items() if k != "error"}, flush=True)
+      if records[-1]["status"] == "failed":
+        print(records[-1]["error"])
+  os.makedirs(workdir, exist_ok=True)
   plots(records, workdir)
   tiled = [r for r in records if r["implementation"] == "tiled" and r["status"] == "ok"]
   summary = {
@@ -180,15 +150,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "largest_tiled_peak_rss_gib": max(tiled, key=lambda r: r["n"])["peak_rss_gib"]
                                     if tiled else None,
   }
-  return config_lib.write_summary(workdir, summary, text)
-
-
-def main(argv=None) -> dict:
-  return config_lib.run_script(get_config, run, argv, description=__doc__)
+  return _harness.write(workdir, config, records, table(records, config.implementations), summary)
 
 
 if __name__ == "__main__":
-  if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-    print(json.dumps(measure(json.loads(sys.argv[2]))))
-  else:
-    main(sys.argv[1:])
+  _harness.main(get_config, run, measure)

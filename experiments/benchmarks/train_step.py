@@ -36,30 +36,28 @@ uint8 batch vs the torchvision v2 pipeline called twice per image in a Python lo
 Commands:
 
     python experiments/benchmarks/train_step.py            # convnet + resnet18, B = 128, 256
-    python experiments/benchmarks/train_step.py --models convnet --batch_sizes 32 --steps 2
+    python experiments/benchmarks/train_step.py --config.models=convnet --config.batch_sizes=32 \\
+        --config.steps=2
 
-Writes runs/train_step/ (or --workdir): config.json, results.json, results.md (the tables).
+Writes runs/train_step/ (or --workdir): config.json, results.json, results.md (the tables),
+summary.json.
 
 Runtime on the 2-core CPU (Intel Xeon @ 2.8 GHz, shared with other jobs): the smoke command
 above takes ~1.5 minutes; a ResNet-18 step takes ~30 s at B = 128, and each (model, B) runs
 1 + `steps` contrax steps and 4 x (1 + `steps`) PyTorch steps (two memory formats x two
-thread counts; `--torch_threads 0` halves that), so the default run takes tens of minutes.
+thread counts; `--config.torch_threads=0` halves that), so the default run takes tens of minutes.
 The tables print the CPU model, core count, thread counts and library versions next to the
 numbers.
 """
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import platform
-import statistics
-import sys
 import time
 
+import _harness
 import ml_collections
-
-from contrax import config as config_lib  # no JAX import: safe before XLA_FLAGS are set
 
 MODELS = ("convnet", "resnet18")
 IMAGE_SHAPE = (32, 32, 3)
@@ -102,24 +100,7 @@ def check_config(config) -> None:
 
 def median_seconds(fn, steps: int) -> float:
   """Median wall time of `steps` calls of `fn` after one warm-up call (not timed)."""
-  fn()
-  seconds = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    fn()
-    seconds.append(time.perf_counter() - start)
-  return statistics.median(seconds)
-
-
-def fastest_seconds(fn, runs: int) -> float:
-  """Fastest of `runs` calls of `fn` after one warm-up call: the machine's peak rate."""
-  fn()
-  best = float("inf")
-  for _ in range(runs):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return best
+  return _harness.time_calls({"fn": fn}, steps)["fn"]["median"]
 
 
 def host_images(batch: int, seed: int):
@@ -179,11 +160,12 @@ def matmul_flops_per_second(size: int, torch) -> dict:
   a = np.random.default_rng(0).standard_normal((size, size), np.float32)
   x = jnp.asarray(a)
   matmul = jax.jit(lambda x: x @ x)
-  rates = {"jax": flops / fastest_seconds(lambda: jax.block_until_ready(matmul(x)), 3)}
+  contenders = {"jax": lambda: matmul(x)}
   if torch is not None:
     t = torch.from_numpy(a)
-    rates["torch"] = flops / fastest_seconds(lambda: t @ t, 3)
-  return rates
+    contenders["torch"] = lambda: t @ t
+  return {name: flops / seconds["min"]
+          for name, seconds in _harness.time_calls(contenders, 3).items()}
 
 
 # ----------------------------------------------------------------------------- contrax
@@ -244,51 +226,6 @@ def measure_contrax_augmentation(batch: int, config) -> dict:
 
 
 # ----------------------------------------------------------------------------- PyTorch
-def import_torchvision():
-  import torchvision
-  import torchvision.models
-  import torchvision.transforms.v2
-  return torchvision
-
-
-def import_torch():
-  """(torch, torchvision, note), or (None, None, why) when torch is not installed."""
-  try:
-    import torch
-  except ImportError:
-    return None, None, "torch is not installed (pip install -e '.[bench]')"
-  try:
-    return torch, import_torchvision(), ""
-  except ImportError:
-    return None, None, "torchvision is not installed (pip install -e '.[bench]')"
-  except RuntimeError as error:
-    if "torchvision::" not in str(error):
-      raise
-  # A torchvision wheel built for another torch (e.g. CUDA torchvision next to CPU torch)
-  # fails at import when it registers fake kernels for its C++ operators (nms, roi_align...),
-  # which this torch does not have. The models and transforms used here are pure Python, so
-  # import it once more with registration failures ignored, then restore torch.library.
-  for module in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
-    del sys.modules[module]
-  import torch.library
-  register_fake = torch.library.register_fake
-
-  def tolerant(op, *args, **kwargs):
-    def decorate(fn):
-      try:
-        return register_fake(op, *args, **kwargs)(fn)
-      except RuntimeError:
-        return fn
-    return decorate
-
-  torch.library.register_fake = tolerant
-  try:
-    torchvision = import_torchvision()
-  finally:
-    torch.library.register_fake = register_fake
-  return torch, torchvision, "torchvision imported without its C++ operators (built for another torch)"
-
-
 def torch_model(name: str, projection_dim: int, torch, torchvision):
   """The torch twin of `models.create(name)`: encoder + Linear -> BN -> ReLU -> Linear head.
 
@@ -514,10 +451,8 @@ def report(results: dict) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=2)
-  torch, torchvision, note = import_torch() if config.torch else (None, None, "--torch false")
+  torch, torchvision, note = (_harness.import_torch() if config.torch
+                              else (None, None, "--config.torch=false"))
   if torch is not None:
     torch.set_num_threads(os.cpu_count())
     check_torch_ntxent(config, torch)
@@ -540,18 +475,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if torch is not None:
       row["torch"] = measure_torch_augmentation(batch, config, torch, torchvision)
     results["augmentation"].append(row)
-  text = report(results)
-  print(text)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(text + "\n")
+  summary = {f"{r['model']}_b{r['batch']}_images_per_second": r["contrax"]["images_per_second"]
+             for r in results["steps"]}
+  _harness.write(workdir, config, results, report(results), summary)
   return results
 
 
-def main(argv=None) -> dict:
-  return config_lib.run_script(get_config, run, argv, description=__doc__)
-
-
 if __name__ == "__main__":
-  main()
+  _harness.main(get_config, run)
