@@ -94,7 +94,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
@@ -103,8 +102,7 @@ import _study
 from contrax import _checks, theory, train
 from contrax.losses import alpha_cl
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 PARTS = ("linear", "relu", "losses")
 ALPHAS = ("infonce", "uniform", "random")

@@ -85,7 +85,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
@@ -97,8 +96,7 @@ from contrax import models, theory
 from contrax.theory import ntk
 from contrax.losses import curl
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 PARTS = ("widths", "negatives")
 PARAMETERISATIONS = ("ntk", "allen_zhu")

@@ -90,7 +90,6 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
 import optax
@@ -100,8 +99,7 @@ from contrax import config as config_lib
 from contrax import data as data_lib
 from contrax import evaluate, mi, models
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 PARTS = ("staircase", "small_batch", "measure", "infomin")
 RECONSTRUCTION_NOTE = ("Lee et al. 2024's exact statements could not be read; these studies and "
