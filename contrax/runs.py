@@ -301,6 +301,6 @@ def load_variables(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
   step = manager.latest_step()
   if step is None:
     raise ValueError(f"{os.path.abspath(workdir)!r} holds no checkpoint")
-  saved_state = manager.restore(step)
+  saved_state = manager.restore(step, args=ocp.args.StandardRestore())
   return config, {"params": saved_state["params"],
                   "batch_stats": saved_state.get("batch_stats") or {}}
