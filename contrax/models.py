@@ -38,6 +38,12 @@ import jax.numpy as jnp
 
 from contrax import _checks
 
+__all__ = [
+    "MODELS", "PIXEL_MEAN", "PIXEL_SCALE", "Dtype", "normalize_images", "MLP", "ConvNet",
+    "BasicBlock", "ResNet18", "ProjectionHead", "ContrastiveModel", "create", "init_variables",
+    "NTKMLP", "AllenZhuMLP",
+]
+
 MODELS = ("mlp", "convnet", "resnet18")
 
 PIXEL_MEAN = 0.5

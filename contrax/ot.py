@@ -54,6 +54,13 @@ from ott.solvers.linear import implicit_differentiation, sinkhorn
 from contrax import _checks
 from contrax import pairs as pairs_lib
 
+__all__ = [
+    "MARGINALS", "COSTS", "GRADIENTS", "EXCLUSION_MARGIN", "Diagnostics", "pairwise_cost",
+    "exclude_pairs", "BatchProblem", "Coupling", "batch_problem", "row_normalised_weights",
+    "entropic_coupling", "batch_coupling", "coupling_to_weights", "quadratic_coupling",
+    "quadratic_batch_coupling",
+]
+
 MARGINALS = ("balanced", "semi_relaxed", "unbalanced")
 COSTS = ("sqeuclidean", "exp")
 GRADIENTS = ("stop", "implicit", "unroll")
