@@ -322,7 +322,7 @@ class NTKMLP(nn.Module):
 
 
 class AllenZhuMLP(nn.Module):
-  """Deep ReLU MLP in the standard parameterisation of Allen-Zhu, Li & Song (2019) [P000].
+  """Deep ReLU MLP in the standard parameterisation of Allen-Zhu, Li & Song (2019).
 
       h_0 = relu(x A),   h_l = relu(h_{l-1} W_l) (l = 1..L),   f(x) = h_L B
 
