@@ -22,7 +22,8 @@ docs/references.md#over-parameterised-encoders-and-the-empirical-ntk.
     initialisation and after training (`contrax.theory.curl_bound`, exact on the sample).
 
 Command (every config field is a flag, e.g. `--config.parts=widths` or
-`--config.widths.steps=400`; tuples as `--config.widths.widths=64,256`):
+`--config.widths.steps=400`; tuples as `--config.widths.widths=64,256`, several strings as a
+Python literal, `--config.negatives.datasets="('synthetic','digits')"`):
 
     python experiments/curl_convergence.py
 

@@ -23,7 +23,8 @@ are our reconstruction, labelled as such in every output.
     on the task bits as each grows.
 
 Command (defaults; every config field is a flag, e.g. `--config.parts=staircase` or
-`--config.staircase.steps_per_level=200`; tuples as `--config.staircase.batch_sizes=64,256`):
+`--config.staircase.steps_per_level=200`; tuples as `--config.staircase.batch_sizes=64,256`,
+several strings as a Python literal, `--config.parts="('staircase','measure')"`):
 
     python experiments/mutual_information.py
 

@@ -34,6 +34,7 @@ Command:
     python experiments/benchmarks/losses.py                  # B = 512, 2048, 4096
     python experiments/benchmarks/losses.py --config.sizes=512 --config.rounds=1 \
         --config.repeats=1                                   # smoke
+    python experiments/benchmarks/losses.py "--config.implementations=('contrax_1dev','floor')"
 
 Writes runs/benchmark_losses/ (or --workdir): config.json, results.json, results.md.
 
