@@ -34,6 +34,14 @@ import numpy as np
 
 from contrax import _checks
 
+__all__ = [
+    "GRAY_WEIGHTS", "NUM_CROP_TRIES", "Augmentation", "check_jitter_strengths",
+    "with_color_strength", "PRESETS", "get", "to_float", "default_kernel_size", "CROP_UNIFORMS",
+    "crop_box", "resized_crop", "hflip", "grayscale", "adjust_brightness", "adjust_contrast",
+    "adjust_saturation", "adjust_hue", "JITTER_UNIFORMS", "jitter_params", "color_jitter",
+    "gaussian_blur", "augment_image", "augment_batch", "two_views",
+]
+
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)   # ITU-R 601-2 luma, as PIL's convert("L")
 NUM_CROP_TRIES = 10                    # torchvision RandomResizedCrop attempts
 

@@ -31,6 +31,11 @@ import numpy as np
 
 from contrax import _checks
 
+__all__ = [
+    "IMAGE_EXTENSIONS", "Split", "ArraySplit", "ImageDataset", "stratified_split", "SOURCES",
+    "load", "batches", "prefetch",
+]
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _PILLOW_FORMATS = ("PNG", "JPEG")  # what the extensions promise; skips probing other formats
 _GRAY_MODES = ("1", "L", "LA")

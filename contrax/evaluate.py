@@ -19,6 +19,12 @@ import optax
 
 from contrax import _checks, data
 
+__all__ = [
+    "extract_features", "DEFAULT_L2_GRID", "logistic_objective", "linear_probe", "knn_predict",
+    "knn", "class_centres", "nearest_centre_classify", "nearest_centre_predict", "nearest_centre",
+    "evaluate_all",
+]
+
 
 def _check_features(names: Sequence[str], x, y, num_classes: Optional[int] = None):
   """Eager checks of one (features [n, d], labels [n]) pair; returns them as NumPy arrays."""

@@ -38,6 +38,12 @@ import jax.numpy as jnp
 
 from contrax import _checks
 
+__all__ = [
+    "MODELS", "PIXEL_MEAN", "PIXEL_SCALE", "Dtype", "normalize_images", "MLP", "ConvNet",
+    "BasicBlock", "ResNet18", "ProjectionHead", "ContrastiveModel", "create", "init_variables",
+    "NTKMLP", "AllenZhuMLP",
+]
+
 MODELS = ("mlp", "convnet", "resnet18")
 
 PIXEL_MEAN = 0.5
@@ -316,7 +322,7 @@ class NTKMLP(nn.Module):
 
 
 class AllenZhuMLP(nn.Module):
-  """Deep ReLU MLP in the standard parameterisation of Allen-Zhu, Li & Song (2019) [P000].
+  """Deep ReLU MLP in the standard parameterisation of Allen-Zhu, Li & Song (2019).
 
       h_0 = relu(x A),   h_l = relu(h_{l-1} W_l) (l = 1..L),   f(x) = h_L B
 

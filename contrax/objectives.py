@@ -32,6 +32,11 @@ from contrax.losses.alpha_cl import alpha_surrogate_pairs
 from contrax.losses.barlow import barlow_twins
 from contrax.losses.infonce import infonce_pairs
 
+__all__ = [
+    "LOSS_NAMES", "LossFn", "hyperparameters", "default_config", "PRESETS", "apply_preset",
+    "describe", "make", "negative_weights",
+]
+
 LOSS_NAMES = ("infonce", "alpha_cl", "barlow_twins")
 LossFn = Callable[..., jax.Array]  # (z1, z2, *, axis_name=None) -> scalar
 # A weighting's `temperature` comes from the loss.

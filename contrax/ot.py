@@ -54,6 +54,13 @@ from ott.solvers.linear import implicit_differentiation, sinkhorn
 from contrax import _checks
 from contrax import pairs as pairs_lib
 
+__all__ = [
+    "MARGINALS", "COSTS", "GRADIENTS", "EXCLUSION_MARGIN", "Diagnostics", "pairwise_cost",
+    "exclude_pairs", "BatchProblem", "Coupling", "batch_problem", "row_normalised_weights",
+    "entropic_coupling", "batch_coupling", "coupling_to_weights", "quadratic_coupling",
+    "quadratic_batch_coupling",
+]
+
 MARGINALS = ("balanced", "semi_relaxed", "unbalanced")
 COSTS = ("sqeuclidean", "exp")
 GRADIENTS = ("stop", "implicit", "unroll")
@@ -85,8 +92,8 @@ def pairwise_cost(rows: jax.Array, cols: jax.Array, *, cost: str = "sqeuclidean"
   """Ground cost between row and column embeddings.
 
   `sqeuclidean`: `C_ij = ||x_i - y_j||^2` (= 2 - 2 s_ij for unit vectors; clipped at 0
-  against rounding). `exp`: `C_ij = exp(||x_i - y_j||^2 - kappa)` (v3 of [P002]); kappa
-  only rescales the cost, so it acts as eps_eff = eps e^kappa.
+  against rounding). `exp`: `C_ij = exp(||x_i - y_j||^2 - kappa)` (v3 of Jiang et al.,
+  arXiv 2111.03169); kappa only rescales the cost, so it acts as eps_eff = eps e^kappa.
   """
   _checks.choice("cost", cost, COSTS)
   sq = (jnp.sum(jnp.square(rows), axis=1)[:, None] + jnp.sum(jnp.square(cols), axis=1)[None, :]

@@ -28,6 +28,11 @@ import numpy as np
 
 from contrax import _checks
 
+__all__ = [
+    "NORM_EPS", "l2_normalize", "check_views", "all_gather_rows", "device_offset", "Pairs",
+    "build", "local_rows", "check_finite",
+]
+
 NORM_EPS = 1e-12
 
 

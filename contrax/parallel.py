@@ -25,6 +25,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from contrax import _checks
 
+__all__ = [
+    "DATA_AXIS", "MODEL_AXIS", "CPU_COLLECTIVES", "make_mesh", "check_mesh", "data_axis_size",
+    "check_global_batch", "data_sharding", "replicated", "shard_host_batch", "is_chief",
+    "initialize_distributed",
+]
+
 DATA_AXIS = "data"
 MODEL_AXIS = "model"  # reserved for model parallelism; the step today shards data only
 CPU_COLLECTIVES = ("gloo", "mpi")

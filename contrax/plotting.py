@@ -15,6 +15,11 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+__all__ = [
+    "save", "line_figure", "line_plot", "loss_figure", "accuracy_figure", "heatmap",
+    "labelled_scatter",
+]
+
 _SIZE = (5.5, 3.8)
 _DPI = 110
 _RANDOM_INIT = "random init kNN"

@@ -31,6 +31,12 @@ from tqdm.auto import tqdm
 
 from contrax import plotting
 
+__all__ = [
+    "RESUMABLE_FIELDS", "ConfigError", "MetricsLog", "read_metrics", "write_plots",
+    "checkpoint_manager", "save", "restore", "Run", "open_run", "finished_summary",
+    "load_variables",
+]
+
 # Fields a resumed run may change: they set how long the run goes on and what it reports, never
 # the result of a step. (`steps` also sets the length of the cosine schedule: a run resumed with
 # more steps continues the same parameters on the longer schedule.)

@@ -30,6 +30,13 @@ from contrax import (_checks, augment, data, evaluate, methods, models, objectiv
                      parallel, runs)
 from contrax.methods import contrastive
 
+__all__ = [
+    "LossFn", "default_config", "OPTIMIZERS", "make_schedule", "make_optimizer", "create_model",
+    "create_method", "TrainState", "init_state", "make_train_step", "fit", "ConfigError",
+    "validate_config", "pretrain", "checkpoint_manager", "read_metrics", "pretrain_once",
+    "load_trained",
+]
+
 LossFn = objectives.LossFn  # (z1, z2, *, axis_name) -> scalar
 
 

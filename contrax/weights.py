@@ -36,6 +36,11 @@ from contrax import ot as ot_lib
 from contrax._numerics import NEG_INF, masked_softmax
 from contrax.pairs import Pairs
 
+__all__ = [
+    "uniform", "hcl", "alpha_direct", "inverse_power", "sparsemax_rows", "sparsemax", "ot",
+    "quadratic_ot", "REGISTRY",
+]
+
 
 def _check_negatives(pairs: Pairs, what: str) -> None:
   if pairs.num_negatives < 1:

@@ -39,7 +39,7 @@ of batch 128 per run, warm-up 50; 21 runs, 1 h 26 min wall on the 2-core CPU, sh
 one other training job; a finished run is reused, so an interrupted study resumes):
 
     python experiments/alpha_cl.py --config.parts=losses \\
-        --config.losses.data=folder:data/cifar10-train-10k --config.losses.model=convnet \\
+        --config.losses.data=folder:PATH/TO/cifar10-train-10k --config.losses.model=convnet \\
         --config.losses.augmentation=simclr --config.losses.steps=500 \\
         --config.losses.batch_size=128 --config.losses.temperature=0.2 \\
         --config.losses.learning_rate=2e-3 --config.losses.projection_dim=128 \\

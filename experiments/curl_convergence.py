@@ -1,9 +1,12 @@
-"""CURL theory at work (SPEC §2, §7; [P000] Merad et al. 2020, Arora et al. 2019).
+"""CURL theory at work ([P000] Merad et al. 2020, Arora et al. 2019).
+
+Background: docs/references.md#curl-latent-classes-and-the-mean-classifier and
+docs/references.md#over-parameterised-encoders-and-the-empirical-ntk.
 
 (a) widths: full-batch gradient descent on the logistic CURL loss (base 2) over a fixed set
     of collision-free tuples (x, x⁺, x⁻_1..x⁻_k) of synthetic latent-class points on the
     sphere, for deep ReLU encoders of width m ∈ {64, 256, 1024, 4096} and depth L ∈ {2, 3}
-    (NTK parameterisation by default; `--widths.parameterisation allen_zhu` trains the
+    (NTK parameterisation by default; `--config.widths.parameterisation=allen_zhu` trains the
     hidden layers of the standard parameterisation with step `learning_rate / m`). Per run:
     training loss and error (fraction of tuples with some v_i ≤ 0) per iteration, mean
     output norm, relative parameter movement max_l ‖W_l(T) − W_l(0)‖_F / ‖W_l(0)‖_F, kernel
@@ -18,7 +21,9 @@
     right side (L_un − τ_k ℓ_min)/(1 − τ_k), ℓ_min = log_2 2 = 1; for the encoder at
     initialisation and after training (`contrax.theory.curl_bound`, exact on the sample).
 
-Command (every config field is a flag, e.g. `--parts widths` or `--widths.steps 400`):
+Command (every config field is a flag, e.g. `--config.parts=widths` or
+`--config.widths.steps=400`; tuples as `--config.widths.widths=64,256`, several strings as a
+Python literal, `--config.negatives.datasets="('synthetic','digits')"`):
 
     python experiments/curl_convergence.py
 
@@ -80,7 +85,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 
 import jax
@@ -89,8 +93,6 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from contrax import _checks
-from contrax import config as config_lib
 from contrax import data as data_lib
 from contrax import models, theory
 from contrax.theory import ntk
@@ -175,22 +177,26 @@ def tiny_config() -> ml_collections.ConfigDict:
 
 
 def check_config(c: ml_collections.ConfigDict) -> None:
-  for part in c.parts:
-    _checks.choice("parts", part, PARTS)
-  _checks.positive_int("chunk", c.chunk)
-  _checks.choice("widths.parameterisation", c.widths.parameterisation, PARAMETERISATIONS)
-  for m in c.widths.widths:
-    _checks.positive_int("widths.widths", m)
-  for depth in c.widths.depths:
-    _checks.positive_int("widths.depths", depth)
-  _checks.positive("widths.learning_rate", c.widths.learning_rate)
-  _checks.positive_int("widths.steps", c.widths.steps)
-  for k in c.negatives.negatives:
-    _checks.positive_int("negatives.negatives", k)
-  for name in c.negatives.datasets:
-    _checks.choice("negatives.datasets", name, DATASETS)
-  _checks.positive("negatives.learning_rate", c.negatives.learning_rate)
-  _checks.positive_int("negatives.steps", c.negatives.steps)
+  """ValueError naming the field for an unknown part, parameterisation or dataset, a count
+  that is not an integer >= 1 or a learning rate that is not > 0."""
+  for field, values, allowed in (("parts", c.parts, PARTS),
+                                 ("widths.parameterisation", (c.widths.parameterisation,),
+                                  PARAMETERISATIONS),
+                                 ("negatives.datasets", c.negatives.datasets, DATASETS)):
+    for value in values:
+      if value not in allowed:
+        raise ValueError(f"unknown {field} {value!r}; valid choices: {', '.join(allowed)}")
+  for field, values in (("chunk", (c.chunk,)), ("widths.widths", c.widths.widths),
+                        ("widths.depths", c.widths.depths), ("widths.steps", (c.widths.steps,)),
+                        ("negatives.negatives", c.negatives.negatives),
+                        ("negatives.steps", (c.negatives.steps,))):
+    for value in values:
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+  for field, value in (("widths.learning_rate", c.widths.learning_rate),
+                       ("negatives.learning_rate", c.negatives.learning_rate)):
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+      raise ValueError(f"{field} must be a finite number > 0, got {value!r}")
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -553,9 +559,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary
 
 
-def main(argv=None) -> dict:
-  config, args = config_lib.parse(get_config(), argv, description=__doc__)
-  workdir = args.workdir or os.path.join("runs", config.name)
+def run_and_print(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """`run`, then the summary tables, the total time and the run directory."""
   summary = run(config, workdir)
   print(summary_markdown(summary))
   print(f"total {summary['seconds']:.0f} s; run directory: {os.path.abspath(workdir)}")
@@ -563,4 +568,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  import _study  # experiments/_study.py: the command line (absl + config_flags)
+
+  _study.main(get_config, run_and_print)

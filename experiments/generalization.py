@@ -39,8 +39,9 @@ and optimiser, 1,500 steps of batch 128 per run; 16 runs: SimCLR and Barlow Twin
 five, and SimCLR's colour sweep, 2 seeds; ≈ 7-11 min per run; run in three parts, 38 min + 1 h
 35 min + 37 min wall, partly sharing the CPU with another study; finished runs are reused):
 
-    python experiments/generalization.py --config.data=folder:data/cifar10-train-10k \\
-        --config.model=convnet --config.methods=simclr,barlow --config.augmentations=crop,all \\
+    python experiments/generalization.py --config.data=folder:PATH/TO/cifar10-train-10k \\
+        --config.model=convnet --config.methods="('simclr','barlow')" \\
+        --config.augmentations="('crop','all')" \\
         --config.strengths=1,0.5,0.25,0.125 --config.seeds=0,1 \\
         --config.steps=1500 --config.batch_size=128 --config.temperature=0.2 \\
         --config.learning_rate=2e-3 --config.warmup_steps=200 --config.projection_dim=128 \\

@@ -31,7 +31,7 @@ Command (every config field is a flag, e.g. `--config.steps=400 --config.seeds=0
 Longer setting (CIFAR-10 image-folder subset, the CPU recipe's ConvNet, augmentation and
 optimiser at 500 steps per run; result and budget below):
 
-    python experiments/hard_negatives.py --config.data=folder:data/cifar10-train-10k \\
+    python experiments/hard_negatives.py --config.data=folder:PATH/TO/cifar10-train-10k \\
         --config.model=convnet --config.augmentation=simclr --config.steps=500 \\
         --config.batch_size=128 --config.temperature=0.2 --config.learning_rate=2e-3 \\
         --config.projection_dim=128 --workdir=runs/hard_negatives_cifar
@@ -63,8 +63,8 @@ Hardness is ordered as the theory says (eps = 0.3 > quadratic > eps = 0.7 > HCL(
 i.e. semi-relaxed eps = 1) > eps = 2 > uniform), but on digits at this budget the accuracy
 differences are within one standard deviation over seeds: kNN drifts up by ~1 point with
 hardness, the linear probe down by ~0.5-1 point. Digits is too easy (and the seed-to-seed
-spread of kNN too large) to separate the methods; the CIFAR setting above is where [P002]'s
-gains (a few points on CIFAR-10/STL-10 after 400 epochs of ResNet-50) would have to show.
+spread of kNN too large) to separate the methods; the CIFAR setting above is where Jiang et
+al.'s gains (a few points on CIFAR-10/STL-10 after 400 epochs of ResNet-50) would have to show.
 
 Result of the CIFAR-10 setting (21 runs of 2.5-6 min, 1 h 13 min wall in up to three processes
 side by side, each given disjoint runs; re-running the command with every seed reuses them

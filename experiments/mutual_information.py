@@ -22,8 +22,9 @@ are our reconstruction, labelled as such in every output.
     nuisance bits are shared between the views (the rest are independent); probe accuracy
     on the task bits as each grows.
 
-Command (defaults; every config field is a flag, e.g. `--parts staircase` or
-`--staircase.steps_per_level 200`):
+Command (defaults; every config field is a flag, e.g. `--config.parts=staircase` or
+`--config.staircase.steps_per_level=200`; tuples as `--config.staircase.batch_sizes=64,256`,
+several strings as a Python literal, `--config.parts="('staircase','measure')"`):
 
     python experiments/mutual_information.py
 
@@ -83,7 +84,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from typing import Callable, Sequence
 
@@ -95,7 +95,6 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from contrax import config as config_lib
 from contrax import data as data_lib
 from contrax import evaluate, mi, models
 
@@ -883,9 +882,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary
 
 
-def main(argv=None) -> dict:
-  config, args = config_lib.parse(get_config(), argv, description=__doc__)
-  workdir = args.workdir or os.path.join("runs", config.name)
+def run_and_print(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """`run`, then the staircase table, the other parts' summary and the run directory."""
   summary = run(config, workdir)
   if "staircase" in summary:
     with open(os.path.join(workdir, "staircase.md")) as f:
@@ -897,4 +895,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  import _study  # experiments/_study.py: the command line (absl + config_flags)
+
+  _study.main(get_config, run_and_print)

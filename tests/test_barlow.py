@@ -98,7 +98,7 @@ def test_identity_cross_correlation_decomposition(lambda_):
 
 @pytest.mark.parametrize("noise", [0.01, 0.3, 3.0])
 def test_identity_alignment_bound(noise):
-  """(e): Lemma 4.1 of [P001], L_align <= 2 sqrt(d L1), on standardised features."""
+  """(e): Lemma 4.1 of Huang et al. 2023, L_align <= 2 sqrt(d L1), on standardised features."""
   z1, z2 = views(5, noise=noise)
   f1, f2 = barlow.standardize(z1), barlow.standardize(z2)
   l_align = float(barlow.alignment(f1, f2))

@@ -134,3 +134,37 @@ def test_train_step_tiny(tmp_path):
   assert row["model"] == "convnet" and row["contrax"]["seconds"] > 0
   assert np.isfinite(row["contrax"]["loss"]) and "torch" not in row
   assert "--config.torch=false" in (tmp_path / "results.md").read_text()
+
+
+def _ntxent_float64(z1, z2, temperature):
+  """NT-Xent (SimCLR) in float64: rows L2-normalised, each of the 2B anchors against its
+  positive over the 2B − 1 others, averaged."""
+  z = np.concatenate([z1, z2]).astype(np.float64)
+  z /= np.linalg.norm(z, axis=1, keepdims=True)
+  s = z @ z.T / temperature
+  np.fill_diagonal(s, -np.inf)
+  n = len(z1)
+  positive = np.concatenate([np.arange(n, 2 * n), np.arange(n)])
+  log_denominator = np.log(np.exp(s).sum(axis=1))
+  return float(np.mean(log_denominator - s[np.arange(2 * n), positive]))
+
+
+def test_losses_benchmark_command_line_tiny(tmp_path):
+  """`--config.FIELD=VALUE` reaches the benchmark (sizes, implementations) and each case's
+  child (`--case JSON`) reports the loss it timed: NT-Xent against a float64 oracle."""
+  import subprocess
+  bench = load("losses")
+  done = subprocess.run(
+      [sys.executable, os.path.join(BENCH, "losses.py"), "--config.sizes=8", "--config.dim=4",
+       "--config.implementations=('contrax_1dev','contrax_8dev')", "--config.rounds=1",
+       "--config.repeats=1", f"--workdir={tmp_path}"],
+      env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(BENCH))),
+      capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert _files(tmp_path) == {"config.json", "results.json", "results.md"}
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert set(results) == {"8"} and set(results["8"]) == {"contrax_1dev", "contrax_8dev"}
+  z1, z2 = bench.inputs(dict(seed=0, batch=8, dim=4))
+  expected = _ntxent_float64(z1, z2, temperature=0.5)
+  for record in results["8"].values():
+    assert record["loss"] == pytest.approx(expected, rel=1e-5), record

@@ -1,4 +1,6 @@
-"""CURL losses (contrax.losses.curl) against float64 NumPy oracles written from SPEC §2."""
+"""CURL losses (contrax.losses.curl) against float64 NumPy oracles written from the formulas
+of Arora et al. 2019 and Merad et al. 2020
+(docs/references.md#curl-latent-classes-and-the-mean-classifier)."""
 from __future__ import annotations
 
 import math

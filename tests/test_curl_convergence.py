@@ -2,6 +2,8 @@
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -79,5 +81,31 @@ def test_loglog_slope_and_config_checks(experiment):
   assert np.isclose(experiment.loglog_slope(widths, 3.0 * widths ** -0.5), -0.5)
   config = experiment.get_config()
   config.widths.parameterisation = "standard"
-  with pytest.raises(ValueError, match="widths.parameterisation"):
+  with pytest.raises(ValueError, match="widths.parameterisation 'standard'; valid choices"):
     experiment.check_config(config)
+  for field, value, match in (("chunk", 0, "chunk must be an integer >= 1, got 0"),
+                              ("widths.widths", (64, 2.5), r"widths.widths .* got 2.5"),
+                              ("negatives.steps", True, "negatives.steps must be an integer"),
+                              ("negatives.datasets", ("cifar",), "negatives.datasets 'cifar'"),
+                              ("widths.learning_rate", 0.0, "widths.learning_rate must be")):
+    config = experiment.get_config()
+    *parents, leaf = field.split(".")
+    node = config if not parents else config[parents[0]]
+    with node.ignore_type():
+      node[leaf] = value
+    with pytest.raises(ValueError, match=match):
+      experiment.check_config(config)
+  experiment.check_config(experiment.get_config())
+
+
+def test_command_line_flags_reach_the_config(tmp_path):
+  """`--config.FIELD=VALUE` overrides reach `run`: a bad one is refused naming the field."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  done = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "experiments", "curl_convergence.py"),
+       "--config.widths.parameterisation=standard",
+       f"--workdir={tmp_path / 'run'}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode != 0
+  assert "unknown widths.parameterisation 'standard'" in done.stderr, done.stderr[-2000:]
+  assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -5,6 +5,8 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -60,10 +62,19 @@ def test_invalid_config_is_rejected_naming_the_field():
 
 def test_cli_runs_the_staircase_at_tiny_size(tmp_path):
   workdir = str(tmp_path / "run")
-  summary = exp.main(["--workdir", workdir, "--parts", "staircase", "--progress", "false",
-                      "--chunk", "10", "--staircase.levels_nats", "1,3",
-                      "--staircase.dim", "4", "--staircase.batch_sizes", "8",
-                      "--staircase.critics", "bilinear", "--staircase.steps_per_level", "10"])
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  done = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "experiments", "mutual_information.py"),
+       f"--workdir={workdir}", "--config.parts=staircase", "--config.progress=false",
+       "--config.chunk=10", "--config.staircase.levels_nats=1.0,3.0", "--config.staircase.dim=4",
+       "--config.staircase.batch_sizes=8", "--config.staircase.critics=bilinear",
+       "--config.staircase.steps_per_level=10"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert f"run directory: {os.path.abspath(workdir)}" in done.stdout
+  config = json.load(open(os.path.join(workdir, "config.json")))
+  assert config["parts"] == ["staircase"] and config["staircase"]["batch_sizes"] == [8]
+  assert config["staircase"]["levels_nats"] == [1.0, 3.0] and config["chunk"] == 10
   for name in ("config.json", "staircase.json", "staircase.md", "staircase_b8.png",
                "summary.json"):
     assert os.path.exists(os.path.join(workdir, name)), name
@@ -73,6 +84,7 @@ def test_cli_runs_the_staircase_at_tiny_size(tmp_path):
     if row["estimator"] == "infonce":
       assert row["mean_nats"] <= math.log(8) + 1e-6
   assert "could not be read" in open(os.path.join(workdir, "staircase.md")).read()
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
   assert summary["staircase"]["best_overall"] in mi.ESTIMATORS
 
 

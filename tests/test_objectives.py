@@ -61,14 +61,25 @@ def test_ot_options_from_the_config_reach_the_weighting(monkeypatch):
                   "cost": "exp", "num_iterations": 7}
 
 
-def test_every_knob_is_a_command_line_flag():
-  from contrax import config as config_lib
-  config, _ = config_lib.parse(objectives.default_config(), [
-      "--weighting.name", "ot", "--weighting.ot.epsilon", "0.3", "--weighting.ot.marginals",
-      "unbalanced", "--weighting.ot.gradient", "unroll", "--loss.tau_plus", "0.1"])
-  assert config.weighting.ot.epsilon == 0.3 and config.weighting.ot.marginals == "unbalanced"
-  assert config.weighting.ot.gradient == "unroll" and config.loss.tau_plus == 0.1
-  objectives.make(config)
+@pytest.mark.parametrize("flags,error", [
+    (["--config.weighting.name=ot", "--config.weighting.ot.epsilon=0.0"],
+     "weighting.ot: epsilon must be a finite number > 0, got 0.0"),
+    (["--config.weighting.name=ot", "--config.weighting.ot.marginals=partial"],
+     "weighting.ot: .*marginals.*'partial'"),
+    (["--config.loss.tau_plus=1.0"], "loss.tau_plus"),
+])
+def test_every_knob_is_a_command_line_flag(flags, error, tmp_path):
+  """The main job's `--config.<field>=VALUE` reaches the objective's validation (exit 2)."""
+  import os
+  import re
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run(
+      [sys.executable, os.path.join(root, "experiments", "pretrain.py"), *flags,
+       f"--workdir={tmp_path / 'run'}"], cwd=root, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"))
+  assert done.returncode == 2 and re.search(error, done.stderr), done.stderr[-2000:]
 
 
 def test_presets_and_describe():

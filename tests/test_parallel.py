@@ -12,6 +12,7 @@ tests (`pytest -m slow`).
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -377,15 +378,22 @@ def test_initialize_distributed_argument_errors():
                                     cpu_collectives="nccl")
 
 
-def test_cli_flag_distributed_joins_before_anything_else(monkeypatch):
-  """`--distributed`, common to every experiment's CLI, calls `initialize_distributed()`."""
-  from contrax import config as config_lib
-  calls = []
-  monkeypatch.setattr(parallel, "initialize_distributed", lambda *a, **k: calls.append((a, k)))
-  config_lib.parse(train.default_config(), ["--steps", "3"])
-  assert calls == []
-  config, _ = config_lib.parse(train.default_config(), ["--distributed", "--steps", "3"])
-  assert calls == [((), {})] and config.steps == 3
+def test_cli_flag_distributed_joins_before_anything_else(tmp_path):
+  """`experiments/pretrain.py --distributed` calls `initialize_distributed()` first: with only
+  JAX_COORDINATOR_ADDRESS set it stops with its error, before any run directory exists (the
+  full launch is tests/test_multiprocess.py's)."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID")}
+  env.update(PYTHONPATH=root, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS="localhost:1234")
+  done = subprocess.run(
+      [sys.executable, os.path.join(root, "experiments", "pretrain.py"), "--distributed",
+       f"--workdir={tmp_path / 'run'}"],
+      cwd=root, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode != 0
+  assert "missing: num_processes, process_id" in done.stderr, done.stderr[-2000:]
+  assert not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------------------------------- training steps

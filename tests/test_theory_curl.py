@@ -1,4 +1,5 @@
-"""CURL theory (SPEC §2): collision probability, samplers, mean-classifier loss and the bound."""
+"""CURL theory (Arora et al. 2019, Merad et al. 2020): collision probability, samplers,
+mean-classifier loss and the bound."""
 import math
 
 import numpy as np

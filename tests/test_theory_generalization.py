@@ -1,6 +1,7 @@
-"""Generalisation diagnostics (SPEC §3, [P001]): centres, nearest-centre classifier, Theorem-1
-threshold, alignment, R_ε, augmented distance and σ̂(δ). The paper-form InfoNCE = L1 + L2,
-L_CC = (1 − λ)L1 + λL2 and L_align ≤ 2√(d·L1) are tested in tests/test_barlow.py."""
+"""Generalisation diagnostics (Huang, Yi & Zhao 2023): centres, nearest-centre classifier,
+Theorem-1 threshold, alignment, R_ε, augmented distance and σ̂(δ). The paper-form
+InfoNCE = L1 + L2, L_CC = (1 − λ)L1 + λL2 and L_align ≤ 2√(d·L1) are tested in
+tests/test_barlow.py."""
 import itertools
 import math
 

@@ -19,6 +19,10 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
+__all__ = [
+    "Method", "no_extra", "keep_extra",
+]
+
 
 class Method(NamedTuple):
   """The parts of a training step (all pure functions, traced inside the step).

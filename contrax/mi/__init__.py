@@ -20,3 +20,14 @@ from contrax.mi.tasks import (LOG2, LabelChannel, binary_entropy_bits, correlate
 from contrax.mi.training import (PAIR_CRITICS, SMILE_TAUS, MIEstimate, critic_training,
                                  estimate_mi, fresh_critic_estimate, infonce_step,
                                  masked_infonce, pair_scores, readout_head, readouts)
+
+__all__ = [
+    "CRITICS", "BilinearCritic", "ConcatCritic", "SeparableCritic", "make_critic", "ESTIMATORS",
+    "MINE_DECAY", "MineState", "dv", "infonce", "js", "js_fgan", "mine", "mine_init", "nwj",
+    "objective", "smile", "smile_estimate", "smile_tau", "LOG2", "LabelChannel",
+    "binary_entropy_bits", "correlated_gaussian", "gaussian_correlation",
+    "gaussian_log_density_ratio", "gaussian_mi", "gaussian_mi_from_covariance", "label_channel",
+    "label_channel_mi", "linear_features_mi", "sample_label_channel", "PAIR_CRITICS",
+    "SMILE_TAUS", "MIEstimate", "critic_training", "estimate_mi", "fresh_critic_estimate",
+    "infonce_step", "masked_infonce", "pair_scores", "readout_head", "readouts",
+]

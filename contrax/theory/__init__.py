@@ -26,3 +26,13 @@ from contrax.theory.generalization import (alignment_from_views, augmented_class
                                            view_features)
 from contrax.theory.sampling import (BoundTuples, Tuples, latent_class_points,
                                      sample_bound_tuples, sample_tuples, to_sphere)
+
+__all__ = [
+    "nearest_centre_classify", "ntk", "alpha_energy", "contrastive_covariance",
+    "collision_probability", "curl_bound", "mean_classifier", "mean_classifier_loss",
+    "alignment_from_views", "augmented_class_centres", "augmented_distance",
+    "augmented_distance_matrix", "centre_deficit", "centre_gram", "divergence_threshold",
+    "greedy_clique", "max_cross_centre", "nearest_centre_error", "r_epsilon", "rho_max",
+    "sample_views", "sigma_hat", "view_features", "BoundTuples", "Tuples", "latent_class_points",
+    "sample_bound_tuples", "sample_tuples", "to_sphere",
+]

@@ -28,7 +28,7 @@ def _stacked_alpha_inputs(x1, x2, alpha):
 
 
 def contrastive_covariance(x1: jax.Array, x2: jax.Array, alpha: jax.Array) -> jax.Array:
-  """Contrastive covariance of inputs (or features) for pairwise importances α [P004]:
+  """Contrastive covariance of inputs (or features) for pairwise importances α (Tian 2022):
 
       C_α[x] = Σ_i Σ_{j neg of i} α_ij (x_i − x_j)(x_i − x_j)ᵀ
                − Σ_i (Σ_{j neg of i} α_ij) (x_i − x_{p(i)})(x_i − x_{p(i)})ᵀ

@@ -101,7 +101,7 @@ def centre_deficit(centres, r: float = 1.0) -> float:
 
 def rho_max(sigma: float, delta: float, eps: float, lipschitz: float, r: float, r_eps: float,
             min_class_prob: float) -> float:
-  """`ρ_max = 2(1 − σ) + R_ε / min_ℓ p_ℓ + σ(Lδ/r + 2ε/r)` (Theorem 1 of [P001])."""
+  """`ρ_max = 2(1 − σ) + R_ε / min_ℓ p_ℓ + σ(Lδ/r + 2ε/r)` (Theorem 1 of Huang et al. 2023)."""
   sigma = _checks.in_range("sigma", sigma, 0.0, 1.0, include_high=True)
   delta = _checks.non_negative("delta", delta)
   eps = _checks.non_negative("eps", eps)
@@ -117,7 +117,8 @@ def divergence_threshold(sigma: float, delta: float, eps: float, lipschitz: floa
                          r_eps: float, min_class_prob: float, centre_deficit: float) -> float:
   """Theorem 1's bound on `μ_ℓᵀμ_k`: `r²(1 − ρ_max − √(2ρ_max) − Δ_μ/2)`.
 
-  If every `μ_ℓᵀμ_k` (ℓ ≠ k) lies below it, `Err(G_f) ≤ (1 − σ) + R_ε` ([P001], Theorem 1).
+  If every `μ_ℓᵀμ_k` (ℓ ≠ k) lies below it, `Err(G_f) ≤ (1 − σ) + R_ε`
+  (Huang et al. 2023, Theorem 1).
   The value is often negative at CPU scale (the condition then cannot hold).
   """
   rho = rho_max(sigma, delta, eps, lipschitz, r, r_eps, min_class_prob)

@@ -32,7 +32,9 @@ the start of every case. Loss values are compared with `contrax_1dev`.
 Command:
 
     python experiments/benchmarks/losses.py                  # B = 512, 2048, 4096
-    python experiments/benchmarks/losses.py --sizes 512 --rounds 1 --repeats 1   # smoke
+    python experiments/benchmarks/losses.py --config.sizes=512 --config.rounds=1 \
+        --config.repeats=1                                   # smoke
+    python experiments/benchmarks/losses.py "--config.implementations=('contrax_1dev','floor')"
 
 Writes runs/benchmark_losses/ (or --workdir): config.json, results.json, results.md.
 
@@ -274,7 +276,7 @@ def run_case(case: dict) -> dict:
   env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
   case = dict(case, load_average=os.getloadavg()[0])
   try:
-    result = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case)], env=env,
+    result = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], env=env,
                             capture_output=True, text=True, timeout=case["case_timeout_seconds"])
   except subprocess.TimeoutExpired:
     return dict(case, skipped=f"timeout (> {case['case_timeout_seconds']:.0f} s)")
@@ -328,6 +330,10 @@ def table(results: dict, config) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  for impl in config.implementations:
+    if impl not in IMPLEMENTATIONS:
+      raise ValueError(f"unknown implementation {impl!r} in implementations; valid: "
+                       f"{', '.join(IMPLEMENTATIONS)}")
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config.to_dict(), f, indent=2)
@@ -359,20 +365,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def main(argv=None) -> dict:
-  from contrax import config as config_lib
-  config, args = config_lib.parse(get_config(), argv, description=__doc__)
-  for impl in config.implementations:
-    if impl not in IMPLEMENTATIONS:
-      raise ValueError(f"unknown implementation {impl!r}; valid: {', '.join(IMPLEMENTATIONS)}")
-  return run(config, args.workdir or os.path.join("runs", config.name))
+def measure(case: dict) -> dict:
+  """One case in this (fresh) process: the implementation's measurement as a JSON record."""
+  return {"lightly": measure_lightly, "optax": measure_optax,
+          "floor": measure_floor}.get(case["implementation"], measure_contrax)(case)
 
 
 if __name__ == "__main__":
-  if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-    worker_case = json.loads(sys.argv[2])
-    measure = {"lightly": measure_lightly, "optax": measure_optax,
-               "floor": measure_floor}.get(worker_case["implementation"], measure_contrax)
-    print(json.dumps(measure(worker_case)), flush=True)
-  else:
-    main()
+  import _harness  # experiments/benchmarks/_harness.py: the command line, or a case's child
+
+  _harness.main(get_config, run, measure=measure)
