@@ -1,4 +1,8 @@
-"""Writes notebooks/alpha_cl.ipynb (outputs empty): `python notebooks/build_alpha_cl.py`."""
+"""Writes notebooks/alpha_cl.ipynb without outputs: `python notebooks/build_alpha_cl.py`.
+
+Then execute it in place (committed with its outputs):
+`cd notebooks && jupyter nbconvert --to notebook --execute --inplace alpha_cl.ipynb`.
+"""
 from __future__ import annotations
 
 import os
@@ -21,6 +25,7 @@ InfoNCE on digits) is `python experiments/alpha_cl.py`."""),
     new_code_cell("""import os, sys
 import numpy as np
 import matplotlib.pyplot as plt
+plt.rcParams['figure.dpi'] = 80  # small PNGs in the committed notebook
 sys.path.insert(0, os.path.join(os.path.abspath('..'), 'experiments'))
 sys.path.insert(0, os.path.abspath('..'))
 import alpha_cl as study
