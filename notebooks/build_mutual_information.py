@@ -23,10 +23,13 @@ The full run, with (c) MI as a measure and (d) the InfoMin toy, is
 
 It runs at a small size by default (`CONTRAX_NOTEBOOK_SMALL=1`, about a minute of CPU);
 `CONTRAX_NOTEBOOK_SMALL=0` runs (a) and (b) at the study's full size."""),
-    new_code_cell("""import importlib.util, math, os, tempfile
+    new_code_cell("""import importlib.util, math, os, tempfile, warnings
+warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm without ipywidgets
 import jax, jax.numpy as jnp, numpy as np
 from IPython.display import Image, Markdown, display
+import matplotlib.pyplot as plt
 from contrax import mi
+plt.rcParams['savefig.dpi'] = 80  # the study's PNGs, small in the committed notebook
 
 root = os.path.abspath('..') if os.path.basename(os.getcwd()) == 'notebooks' else os.getcwd()
 spec = importlib.util.spec_from_file_location(
