@@ -1,4 +1,5 @@
-"""Writes notebooks/hard_negatives.ipynb without outputs: `python notebooks/build_hard_negatives.py`.
+"""Writes notebooks/hard_negatives.ipynb without outputs:
+`python notebooks/build_hard_negatives.py`.
 
 Then execute it in place (committed with its outputs):
 `cd notebooks && jupyter nbconvert --to notebook --execute --inplace hard_negatives.ipynb`.
