@@ -1,4 +1,8 @@
-"""Writes notebooks/alpha_cl.ipynb (outputs empty): `python notebooks/build_alpha_cl.py`."""
+"""Writes notebooks/alpha_cl.ipynb without outputs: `python notebooks/build_alpha_cl.py`.
+
+Then execute it in place (committed with its outputs):
+`cd notebooks && jupyter nbconvert --to notebook --execute --inplace alpha_cl.ipynb`.
+"""
 from __future__ import annotations
 
 import os
@@ -18,9 +22,11 @@ network with unit-Frobenius layers the maximum is `λ_max(C_α)/2`, reached by r
 aligned with C_α's top eigenvector. This notebook runs parts (a) and (b) of
 `experiments/alpha_cl.py` at a small size; the full study (and part (c), α-CL losses vs
 InfoNCE on digits) is `python experiments/alpha_cl.py`."""),
-    new_code_cell("""import os, sys
+    new_code_cell("""import os, sys, warnings
+warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm without ipywidgets
 import numpy as np
 import matplotlib.pyplot as plt
+plt.rcParams['figure.dpi'] = 80  # small PNGs in the committed notebook
 sys.path.insert(0, os.path.join(os.path.abspath('..'), 'experiments'))
 sys.path.insert(0, os.path.abspath('..'))
 import alpha_cl as study
@@ -64,6 +70,16 @@ for r in rel['runs']:
   print(f"{r['net']:6s} seed {r['seed']}: effective rank {r['effective_rank']:.2f}, "
         f"input directions covered {r['covered_directions']}")
 print(rel['claims'])"""),
+    new_code_cell("""fig, ax = plt.subplots(figsize=(5.5, 3.5))
+for net, marker in (('linear', 's'), ('relu', 'o')):
+  rows = [r for r in rel['runs'] if r['net'] == net]
+  seeds = [r['seed'] for r in rows]
+  ax.plot(seeds, [r['effective_rank'] for r in rows], marker=marker, ls='',
+          label=f'{net}: effective rank')
+  ax.plot(seeds, [r['covered_directions'] for r in rows], marker=marker, ls='', mfc='none',
+          label=f'{net}: directions covered')
+ax.set(xlabel='seed', ylabel='count', title='first layer after the ascent (top = identity)')
+ax.set_xticks(sorted(set(seeds))); ax.legend(fontsize=7); plt.show()"""),
 ]
 
 

@@ -1,4 +1,9 @@
-"""Writes notebooks/hard_negatives.ipynb (outputs empty): `python notebooks/build_hard_negatives.py`."""
+"""Writes notebooks/hard_negatives.ipynb without outputs:
+`python notebooks/build_hard_negatives.py`.
+
+Then execute it in place (committed with its outputs):
+`cd notebooks && jupyter nbconvert --to notebook --execute --inplace hard_negatives.ipynb`.
+"""
 from __future__ import annotations
 
 import os
@@ -9,7 +14,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 CELLS = [
     new_markdown_cell("""# Hard negatives as regularised optimal transport
 
-A small tour of `contrax.ot` and `contrax.negatives` ([P002] Jiang, Ishwar, Aeron 2023;
+A small tour of `contrax.ot` and `contrax.weights` ([P002] Jiang, Ishwar, Aeron 2023;
 [formulas](../docs/references.md#hard-negatives-as-regularised-optimal-transport)). On a toy
 batch of two views of clustered points on the sphere we look at the entropic
 coupling of the in-batch cost `C_ij = ||z_i - z_j||^2`, the negative weights `w = 2B pi` it
@@ -18,7 +23,8 @@ induces for one anchor, and how the regularisation eps moves them between *harde
 `python experiments/hard_negatives.py`."""),
     new_code_cell("""import jax, jax.numpy as jnp, numpy as np
 import matplotlib.pyplot as plt
-from contrax import negatives, ot, plotting
+from contrax import ot, pairs, plotting, weights
+plt.rcParams['figure.dpi'] = 80  # small PNGs in the committed notebook
 
 # 3 clusters on the unit sphere in 3-D, B = 12 images, two noisy views each (2B = 24 rows).
 rng = np.random.RandomState(0)
@@ -26,7 +32,8 @@ centres = rng.randn(3, 3)
 labels = np.repeat(np.arange(3), 4)
 z1 = jnp.asarray(centres[labels] + 0.35 * rng.randn(12, 3), jnp.float32)
 z2 = jnp.asarray(centres[labels] + 0.35 * rng.randn(12, 3), jnp.float32)
-problem = ot.batch_cost(z1, z2)
+batch = pairs.build(z1, z2)  # L2-normalises the rows: the points lie on the unit sphere
+problem = ot.batch_problem(batch)
 print('stacked cost', problem.cost.shape, '; negatives per anchor:', int(problem.negative_mask[0].sum()))"""),
     new_markdown_cell("""## The coupling
 
@@ -39,8 +46,9 @@ negatives (uniform weights would all be 1/22 = 0.045)."""),
 epsilons = (0.1, 0.5, 2.0)
 weights_by_eps = {}
 for eps in epsilons:
-  pi, diag = ot.coupling(z1, z2, epsilon=eps, num_iterations=200)
-  weights_by_eps[eps] = np.asarray(pi)[np.ix_(order, order)] * 24
+  coupling = ot.batch_coupling(batch, epsilon=eps, num_iterations=200)
+  diag = coupling.diagnostics
+  weights_by_eps[eps] = np.asarray(coupling.matrix)[np.ix_(order, order)] * 24
   print(f'eps={eps}: row / column marginal error {float(diag.row_marginal_error):.1e} / '
         f'{float(diag.column_marginal_error):.1e}, converged {bool(diag.converged)}')
 vmax = max(w.max() for w in weights_by_eps.values())
@@ -56,37 +64,37 @@ Weights of anchor 0 over its 22 negatives, sorted by similarity: uniform (SimCLR
 HCL `softmax(beta s / t)`, balanced OT and the sparse quadratic OT coupling. The
 semi-relaxed coupling equals HCL with `beta = 2t / eps` (checked below)."""),
     new_code_cell("""t, eps = 0.5, 0.5
-pairs_sims = np.asarray(jax.jit(lambda a, b: ot.batch_cost(a, b).cost)(z1, z2))
-sims = 1.0 - pairs_sims[0] / 2.0          # C = 2 - 2 s for unit vectors
+all_sims = np.asarray(batch.sims)     # cosine similarities; the cost is 2 - 2 s
+sims = all_sims[0]
 mask = np.asarray(problem.negative_mask[0])
-weights = {
-    'uniform': negatives.uniform(z1, z2),
-    f'HCL beta={2 * t / eps:g}': negatives.hcl(z1, z2, beta=2 * t / eps, temperature=t),
-    f'OT balanced eps={eps}': negatives.ot(z1, z2, epsilon=eps, num_iterations=200),
-    'OT quadratic gamma=0.05': negatives.ot_quadratic(z1, z2, gamma=0.05),
+by_name = {
+    'uniform': weights.uniform(batch),
+    f'HCL beta={2 * t / eps:g}': weights.hcl(batch, beta=2 * t / eps, temperature=t),
+    f'OT balanced eps={eps}': weights.ot(batch, epsilon=eps, num_iterations=200),
+    'OT quadratic gamma=0.05': weights.quadratic_ot(batch, gamma=0.05),
 }
-semi = negatives.ot(z1, z2, epsilon=eps, marginals='semi_relaxed')
+semi = weights.ot(batch, epsilon=eps, marginals='semi_relaxed')
 print('max |semi-relaxed OT - HCL(beta = 2t/eps)| =',
-      float(jnp.max(jnp.abs(semi - weights[f'HCL beta={2 * t / eps:g}']))))
+      float(jnp.max(jnp.abs(semi - by_name[f'HCL beta={2 * t / eps:g}']))))
 idx = np.argsort(sims[mask])
-for name, w in weights.items():
-  plt.plot(sims[mask][idx], np.asarray(w)[0][mask][idx], marker='o', ms=3, label=name)
-plt.xlabel('similarity s_0j of the negative'); plt.ylabel('weight w_0j'); plt.legend(fontsize=8)
+fig, ax = plt.subplots(figsize=(6.5, 3.8))
+for name, w in by_name.items():
+  ax.plot(sims[mask][idx], np.asarray(w)[0][mask][idx], marker='o', ms=3, label=name)
+ax.set_xlabel('similarity s_0j of the negative'); ax.set_ylabel('weight w_0j')
+ax.set_title('negative weights of anchor 0'); ax.legend(fontsize=8)
 plt.show()
 print('quadratic OT: negatives of anchor 0 with exactly zero weight:',
-      int(np.sum(np.asarray(weights['OT quadratic gamma=0.05'])[0][mask] == 0)), 'of', int(mask.sum()))"""),
+      int(np.sum(np.asarray(by_name['OT quadratic gamma=0.05'])[0][mask] == 0)), 'of', int(mask.sum()))"""),
     new_markdown_cell("""## How eps moves them
 
 As eps grows the weights tend to uniform; as it shrinks they concentrate on the most similar
 negatives. Two summaries per anchor, averaged over the batch: the mean similarity of the
 weighted negatives and the effective number of negatives `exp(H(w_i))`."""),
     new_code_cell("""grid = np.geomspace(0.05, 20.0, 12)
-solve = jax.jit(lambda a, b, e: ot.negative_weights(a, b, epsilon=e, num_iterations=200)[0])
 neg = np.asarray(problem.negative_mask)
-all_sims = 1.0 - pairs_sims / 2.0
 mean_sim, effective = [], []
 for e in grid:
-  w = np.asarray(solve(z1, z2, jnp.float32(e)))
+  w = np.asarray(weights.ot(batch, epsilon=float(e), num_iterations=200))
   mean_sim.append(np.mean(np.sum(np.where(neg, w * all_sims, 0.0), axis=1)))
   entropy = -np.sum(np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0), axis=1)
   effective.append(np.mean(np.exp(entropy)))

@@ -1,4 +1,9 @@
-"""Writes notebooks/mutual_information.ipynb (outputs empty): `python notebooks/build_mutual_information.py`."""
+"""Writes notebooks/mutual_information.ipynb without outputs:
+`python notebooks/build_mutual_information.py`.
+
+Then execute it in place (committed with its outputs):
+`cd notebooks && jupyter nbconvert --to notebook --execute --inplace mutual_information.ipynb`.
+"""
 from __future__ import annotations
 
 import os
@@ -16,26 +21,30 @@ the estimators and the known-MI tasks are written out in
 The full run, with (c) MI as a measure and (d) the InfoMin toy, is
 `python experiments/mutual_information.py`.
 
-Set `CONTRAX_NOTEBOOK_SIZE=tiny` to run everything in seconds (as the tests do)."""),
-    new_code_cell("""import importlib.util, math, os, tempfile
+It runs at a small size by default (`CONTRAX_NOTEBOOK_SMALL=1`, about a minute of CPU);
+`CONTRAX_NOTEBOOK_SMALL=0` runs (a) and (b) at the study's full size."""),
+    new_code_cell("""import importlib.util, math, os, tempfile, warnings
+warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm without ipywidgets
 import jax, jax.numpy as jnp, numpy as np
 from IPython.display import Image, Markdown, display
+import matplotlib.pyplot as plt
 from contrax import mi
+plt.rcParams['savefig.dpi'] = 80  # the study's PNGs, small in the committed notebook
 
 root = os.path.abspath('..') if os.path.basename(os.getcwd()) == 'notebooks' else os.getcwd()
 spec = importlib.util.spec_from_file_location(
     'mutual_information', os.path.join(root, 'experiments', 'mutual_information.py'))
 mie = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mie)
-TINY = os.environ.get('CONTRAX_NOTEBOOK_SIZE', 'small') == 'tiny'
+SMALL = os.environ.get('CONTRAX_NOTEBOOK_SMALL', '1') == '1'
 workdir = tempfile.mkdtemp(prefix='mutual_information_')"""),
     new_markdown_cell("""## The estimators with the optimal critic
 
 With the closed-form critic `S = log p(x, y) / (p(x) p(y))` (NWJ: `1 + log r`), every bound
 is as good as it can be; what is left is the bound itself. InfoNCE cannot exceed `log K`;
 NWJ and DV pay in variance as the MI grows."""),
-    new_code_cell("""dim, k = (4, 32) if TINY else (20, 256)
-levels = (1.0, 2.0) if TINY else (2.0, 4.0, 6.0, 8.0)
+    new_code_cell("""dim, k = 20, 256
+levels = (2.0, 4.0, 6.0, 8.0)
 names = ('infonce', 'nwj', 'dv', 'smile-5')
 
 def optimal(key, rho):
@@ -54,9 +63,9 @@ display(Markdown(f'K = {k} pairs, 20 batches; log K = {math.log(k):.2f}\\n\\n' +
 
 Critics trained while the true MI steps up; each estimator's readout against the truth
 (black). JS and SMILE(τ) share one JS-trained critic and differ only in the readout."""),
-    new_code_cell("""config = mie.tiny_config() if TINY else mie.get_config()
+    new_code_cell("""config = mie.get_config()
 config.progress = False
-if not TINY:
+if SMALL:
   config.staircase.levels_nats = (2.0, 4.0, 6.0)
   config.staircase.batch_sizes = (64,)
   config.staircase.critics = ('separable', 'concat')
@@ -68,7 +77,7 @@ display(Image(os.path.join(workdir, f'staircase_b{config.staircase.batch_sizes[0
 
 A linear encoder 16 → 4 trained with InfoNCE at batch B. The training estimate is capped by
 `log B`; the representation's exact MI (Gaussian features) is not."""),
-    new_code_cell("""if not TINY:
+    new_code_cell("""if SMALL:
   config.small_batch.encoders = ('linear',)
   config.small_batch.critics = ('dot',)
   config.small_batch.batch_sizes = (4, 64, 256)

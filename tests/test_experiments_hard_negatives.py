@@ -1,4 +1,7 @@
-"""The HCL-OT training losses, experiments/hard_negatives.py at tiny size, and its notebook."""
+"""The HCL-OT training losses and experiments/hard_negatives.py at tiny size.
+
+Its notebook is executed by tests/test_notebooks.py.
+"""
 from __future__ import annotations
 
 import importlib.util
@@ -122,15 +125,3 @@ def test_experiment_runs_at_tiny_size(tmp_path):
   assert stats["hcl_ot_eps0.7"]["excess_similarity"][0] > 0
   assert os.path.exists(tmp_path / "accuracy_vs_hardness.png")
   assert json.load(open(tmp_path / "summary.json"))["stats"].keys() == stats.keys()
-
-
-@pytest.mark.slow
-def test_notebook_executes():
-  nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
-  path = os.path.join(ROOT, "notebooks", "hard_negatives.ipynb")
-  notebook = nbformat.read(path, as_version=4)
-  assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
-  nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                          resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}
-                          ).execute()

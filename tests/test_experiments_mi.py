@@ -1,4 +1,7 @@
-"""experiments/mutual_information.py at tiny size, its helpers, and its notebook."""
+"""experiments/mutual_information.py at tiny size and its helpers.
+
+Its notebook is executed by tests/test_notebooks.py.
+"""
 from __future__ import annotations
 
 import importlib.util
@@ -111,16 +114,3 @@ def test_every_part_runs_end_to_end_at_tiny_size(tmp_path):
     assert row["view_mi_bits"] == pytest.approx(row["shared_task_bits"]
                                                 + row["shared_nuisance_bits"])
     assert 0.0 <= row["task_accuracy"] <= 1.0
-
-
-@pytest.mark.slow
-def test_notebook_executes_at_tiny_size(monkeypatch):
-  nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
-  monkeypatch.setenv("CONTRAX_NOTEBOOK_SIZE", "tiny")
-  path = os.path.join(ROOT, "notebooks", "mutual_information.ipynb")
-  notebook = nbformat.read(path, as_version=4)
-  assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")
-  nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                          resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}
-                          ).execute()
