@@ -99,7 +99,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import _study
-from contrax import _checks, theory, train
+from contrax import _checks, objectives, theory, train
 from contrax.losses import alpha_cl
 
 import matplotlib.pyplot as plt
@@ -402,7 +402,7 @@ def cells(cfg: ml_collections.ConfigDict) -> dict[str, dict]:
 
 def _accuracies(run, run_dir: str, dataset) -> dict:
   summary = _study.pretrain(run, run_dir, dataset)
-  return {"loss": run.loss, "knn_accuracy": summary["knn_accuracy"],
+  return {"loss": objectives.describe(run), "knn_accuracy": summary["knn_accuracy"],
           "linear_accuracy": summary["linear_accuracy"], "wall_seconds": summary["wall_seconds"]}
 
 

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from contrax import negatives, train
+from contrax import objectives, train, weights
+from contrax import pairs as pairs_lib
 from contrax.losses import infonce
 from test_ot import oracle_cost_and_mask, oracle_sinkhorn, views
 
@@ -47,26 +48,25 @@ def spec_infonce(z1, z2, w, t, tau_plus):
 
 
 def test_train_hcl_ot_loss_is_spec_infonce_with_sinkhorn_weights():
-  config = train.default_config()
-  config.loss, config.ot_epsilon, config.ot_iterations = "hcl_ot", 0.5, 300
+  config = objectives.apply_preset(train.default_config(), "hcl_ot")
+  config.weighting.ot.epsilon, config.weighting.ot.num_iterations = 0.5, 300
   z1, z2 = views(21)
-  got = jax.jit(train.make_loss(config))(z1, z2)
+  got = jax.jit(objectives.make(config))(z1, z2)
   cost, mask = oracle_cost_and_mask(z1, z2)
   pi = oracle_sinkhorn(cost, mask, 0.5)
-  expected = spec_infonce(z1, z2, pi / pi.sum(1, keepdims=True), config.temperature,
-                          config.tau_plus)
+  expected = spec_infonce(z1, z2, pi / pi.sum(1, keepdims=True), config.loss.temperature,
+                          config.loss.tau_plus)
   np.testing.assert_allclose(float(got), expected, rtol=1e-5)
 
 
 def test_train_ot_losses_pass_no_gradient_through_the_weights():
   # Constant weights: the gradient equals that of infonce with the weights frozen.
-  config = train.default_config()
-  config.loss = "quadratic_ot"
+  config = objectives.apply_preset(train.default_config(), "quadratic_ot")
   z1, z2 = views(22)
-  loss = train.make_loss(config)
-  w = negatives.ot_quadratic(z1, z2, gamma=config.ot_gamma, num_iterations=config.ot_iterations)
-  frozen = lambda a, b: infonce(a, b, temperature=config.temperature, weights=w,
-                                tau_plus=config.tau_plus)
+  loss = objectives.make(config)
+  w = weights.quadratic_ot(pairs_lib.build(z1, z2), **config.weighting.quadratic_ot)
+  frozen = lambda a, b: infonce(a, b, temperature=config.loss.temperature, weights=w,
+                                tau_plus=config.loss.tau_plus)
   got = jax.jit(jax.grad(loss, argnums=(0, 1)))(z1, z2)
   expected = jax.jit(jax.grad(frozen, argnums=(0, 1)))(z1, z2)
   for g, e in zip(got, expected):
@@ -74,10 +74,10 @@ def test_train_ot_losses_pass_no_gradient_through_the_weights():
 
 
 def test_bad_ot_config_is_rejected_before_compiling():
-  config = train.default_config()
-  config.loss, config.ot_epsilon = "hcl_ot", 0.0
-  with pytest.raises(ValueError, match="ot_epsilon"):
-    train.make_loss(config)
+  config = objectives.apply_preset(train.default_config(), "hcl_ot")
+  config.weighting.ot.epsilon = 0.0
+  with pytest.raises(ValueError, match="weighting.ot: epsilon"):
+    objectives.make(config)
 
 
 def test_experiment_methods_map_to_train_losses():
@@ -87,8 +87,8 @@ def test_experiment_methods_map_to_train_losses():
   assert len(named) == 3 + len(config.ot_epsilons) + 1 and len(config.seeds) >= 3
   for method, cell in named.items():
     run = _study.train_config(_study.apply_cell(config, dict(cell, seed=7)))
-    assert run.loss in train.LOSSES and run.seed == 7 and run.steps == config.steps
-    train.make_loss(run)  # every method's loss builds with the study's hyper-parameters
+    assert run.seed == 7 and run.steps == config.steps
+    objectives.make(run)  # every method's loss builds with the study's hyper-parameters
 
 
 def test_aggregate_pairs_each_method_with_simclr_of_the_same_seed():

@@ -54,7 +54,7 @@ def test_a_reused_run_directory_is_refused_overwritten_or_resumed(tmp_path, no_f
   assert summary["steps"] == 2 and json.load(open(f"{workdir}/config.json"))["steps"] == 2
   assert max(r["step"] for r in runs.read_metrics(workdir)) == 2
   assert not [n for n in os.listdir(tmp_path) if n != "run"]  # the old run is gone
-  _, variables = runs.load_trained(workdir)
+  _, variables = train.load_trained(workdir)
   for a, b in zip(jax.tree.leaves(variables["params"]), params_of_checkpoint(workdir, 2)):
     np.testing.assert_array_equal(a, b)
 

@@ -136,12 +136,15 @@ def test_plot_hook_gets_stats_and_records(tmp_path):
 
 
 def test_apply_cell_presets_and_dotted_overrides_reach_the_training_config():
-  from contrax import train
+  from contrax import objectives, train
   base = train.default_config()
   c = study.apply_cell(base, {"preset": "hcl_ot", "weighting.ot.epsilon": 0.3,
                               "loss.tau_plus": 0.05, "augmentation": "crop"})
-  train.make_loss(c)  # builds: every translated key is a real training field
-  assert (c.loss, c.ot_epsilon, c.tau_plus, c.augmentation) == ("hcl_ot", 0.3, 0.05, "crop")
-  assert base.loss == "ntxent" and base.ot_epsilon == 0.7  # the study config is not changed
+  objectives.make(c)  # builds: every key is a real training field
+  assert (c.weighting.name, c.weighting.stop_gradient, c.weighting.ot.epsilon, c.loss.tau_plus,
+          c.augmentation) == ("ot", True, 0.3, 0.05, "crop")
+  # the study config is not changed
+  assert base.weighting.name == "uniform" and base.weighting.ot.epsilon == 0.7
   c = study.apply_cell(base, {"preset": "alpha_direct", "weighting.alpha_direct.p": 2.0})
-  assert (c.loss, c.alpha_p) == ("alpha_direct", 2.0)
+  assert (c.loss.name, c.weighting.name, c.weighting.alpha_direct.p) == (
+      "alpha_cl", "alpha_direct", 2.0)

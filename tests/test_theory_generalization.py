@@ -133,12 +133,12 @@ def test_greedy_clique_finds_planted_clique():
 
 
 def test_barlow_is_a_training_loss():
-  from contrax import train
-  c = train.default_config()
-  c.loss, c.barlow_lambda = "barlow", 0.3
+  from contrax import objectives, train
+  c = objectives.apply_preset(train.default_config(), "barlow")
+  c.loss.lambda_ = 0.3
   rng = np.random.default_rng(6)
   z1, z2 = (rng.normal(size=(16, 4)).astype(np.float32) for _ in range(2))
-  assert float(train.make_loss(c)(z1, z2)) == pytest.approx(
+  assert float(objectives.make(c)(z1, z2)) == pytest.approx(
       float(barlow.barlow_twins(z1, z2, lambda_=0.3)), rel=1e-6)
 
 
