@@ -41,7 +41,7 @@ one other training job; a finished run is reused, so an interrupted study resume
     python experiments/alpha_cl.py --config.parts=losses \\
         --config.losses.data=folder:PATH/TO/cifar10-train-10k --config.losses.model=convnet \\
         --config.losses.augmentation=simclr --config.losses.steps=500 \\
-        --config.losses.batch_size=128 --config.losses.temperature=0.2 \\
+        --config.losses.batch_size=128 --config.losses.loss.temperature=0.2 \\
         --config.losses.learning_rate=2e-3 --config.losses.projection_dim=128 \\
         --workdir=runs/alpha_cl_cifar
 
@@ -422,9 +422,10 @@ def run_losses(cfg: ml_collections.ConfigDict, workdir: str, progress: bool = Tr
   with open(os.path.join(study_dir, "results.md")) as f:
     text = f.read()
   return {"runs": runs, "table": summary["stats"], "markdown": text,
-          "setting": {k: cfg[k] for k in ("data", "model", "augmentation", "steps", "batch_size",
-                                         "temperature", "learning_rate", "projection_dim",
-                                         "seeds")}}
+          "setting": {**{k: cfg[k] for k in ("data", "model", "augmentation", "steps",
+                                             "batch_size", "learning_rate", "projection_dim",
+                                             "seeds")},
+                      "temperature": cfg.loss.temperature}}
 
 
 # ----------------------------------------------------------------------------- reporting

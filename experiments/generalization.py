@@ -43,7 +43,7 @@ five, and SimCLR's colour sweep, 2 seeds; ≈ 7-11 min per run; run in three par
         --config.model=convnet --config.methods="('simclr','barlow')" \\
         --config.augmentations="('crop','all')" \\
         --config.strengths=1,0.5,0.25,0.125 --config.seeds=0,1 \\
-        --config.steps=1500 --config.batch_size=128 --config.temperature=0.2 \\
+        --config.steps=1500 --config.batch_size=128 --config.loss.temperature=0.2 \\
         --config.learning_rate=2e-3 --config.warmup_steps=200 --config.projection_dim=128 \\
         --config.deltas=8.0,12.0 --config.eps=1.0 --workdir=runs/generalization_cifar
 

@@ -33,7 +33,7 @@ optimiser at 500 steps per run; result and budget below):
 
     python experiments/hard_negatives.py --config.data=folder:PATH/TO/cifar10-train-10k \\
         --config.model=convnet --config.augmentation=simclr --config.steps=500 \\
-        --config.batch_size=128 --config.temperature=0.2 --config.learning_rate=2e-3 \\
+        --config.batch_size=128 --config.loss.temperature=0.2 --config.learning_rate=2e-3 \\
         --config.projection_dim=128 --workdir=runs/hard_negatives_cifar
 
 Writes runs/hard_negatives/ (or --workdir): one run directory runs/<method>_seed<seed> per
