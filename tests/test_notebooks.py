@@ -54,5 +54,5 @@ def test_committed_notebook_holds_its_outputs_and_no_developer_links(name):
   assert all(cell.execution_count is not None for cell in notebook.cells
              if cell.cell_type == "code"), f"{name} is committed unexecuted"
   assert count_figures(notebook) == FIGURES[name]
-  for pointer in ("SPEC", "../shared", "DESIGN.md"):
+  for pointer in ("SPEC", "../" + "shared", "DESIGN" + ".md"):
     assert pointer not in text, f"{name} points to {pointer!r}; link docs/references.md instead"

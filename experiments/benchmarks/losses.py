@@ -147,14 +147,20 @@ def measure_contrax(case: dict) -> dict:
   step = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P("data")),
                                out_specs=(P(), (P("data"), P("data")))))
   z1, z2 = (jax.device_put(z, NamedSharding(mesh, P("data"))) for z in inputs(case))
+  return timed_step(step, case, z1, z2, devices=len(jax.devices()))
+
+
+def timed_step(step, case: dict, z1, z2, **extra) -> dict:
+  """Compile `step` (or skip it past the memory limit), then time `step(z1, z2)` (value, grads)."""
+  import jax
+
   compiled, skipped = compiled_within_memory(step, case, z1, z2)
   if skipped:
     return dict(case, skipped=skipped)
   value, _ = jax.block_until_ready(compiled(z1, z2))
   ms = time_runs(lambda: jax.block_until_ready(compiled(z1, z2)), case["repeats"],
                  case["max_run_seconds"])
-  return dict(case, ms=ms, loss=float(value), peak_rss_gib=peak_rss_gib(),
-              devices=len(jax.devices()))
+  return dict(case, ms=ms, loss=float(value), peak_rss_gib=peak_rss_gib(), **extra)
 
 
 def measure_optax(case: dict) -> dict:
@@ -168,13 +174,7 @@ def measure_optax(case: dict) -> dict:
   loss = lambda a, c: optax.losses.ntxent(jnp.concatenate([a, c]), labels,
                                           temperature=case["temperature"])
   step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-  compiled, skipped = compiled_within_memory(step, case, z1, z2)
-  if skipped:
-    return dict(case, skipped=skipped)
-  value, _ = jax.block_until_ready(compiled(z1, z2))
-  ms = time_runs(lambda: jax.block_until_ready(compiled(z1, z2)), case["repeats"],
-                 case["max_run_seconds"])
-  return dict(case, ms=ms, loss=float(value), peak_rss_gib=peak_rss_gib())
+  return timed_step(step, case, z1, z2)
 
 
 def measure_floor(case: dict) -> dict:
