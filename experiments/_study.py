@@ -216,6 +216,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   return summary
 
 
+def _leaves(config, prefix=""):
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _leaves(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
 def main(get_config: Callable[[], ml_collections.ConfigDict],
          run_study: Callable[[ml_collections.ConfigDict, str], dict]) -> None:
   """A study's command line: `--config.<field>=VALUE` over `get_config()` (absl +
@@ -224,7 +232,13 @@ def main(get_config: Callable[[], ml_collections.ConfigDict],
   from absl import app, flags
   from ml_collections import config_flags
 
-  config_flags.DEFINE_config_dict("config", get_config(), "override a field: --config.x=VALUE")
+  config = get_config()
+  fields = "\n".join(f"  --config.{k} (default: {v!r})" for k, v in _leaves(config))
+  config_flags.DEFINE_config_dict(
+      "config", config, "override a field: --config.x=VALUE (tuples: 1,2,3). The objective "
+      "fields a cell sets (loss.name, loss.tau_plus, loss.decoupled, weighting.name, "
+      "weighting.stop_gradient, and a cell's own overrides) are replaced per cell; the study's "
+      "cells are listed in its docstring above. Fields:\n" + fields)
   flags.DEFINE_string("workdir", None, "output directory (default: runs/<config.name>)")
 
   def _main(argv):
