@@ -324,7 +324,7 @@ def mock_tfds(monkeypatch):
   mock_data fakes the records of any registered dataset but not the prepared files, which
   contrax looks for before reading so that a missing dataset is never downloaded.
   """
-  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets as tfds  # a core dependency: missing is a failure, not a skip
   monkeypatch.setattr(data, "_tfds_is_prepared", lambda builder: True)
   with tfds.testing.mock_data(num_examples=12):
     yield tfds
@@ -352,7 +352,7 @@ def test_tfds_not_prepared_fails_fast_without_network(tmp_path, monkeypatch):
   # Regression: `--data tfds:mnist` on a machine without the data retried the network for
   # 3.5 minutes, then ended in a traceback. Nothing may be downloaded: every download entry
   # point of TFDS raises here.
-  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets as tfds  # a core dependency: missing is a failure, not a skip
 
   def no_network(*args, **kwargs):
     raise AssertionError("contrax tried to download")
@@ -373,7 +373,7 @@ def test_tfds_not_prepared_fails_fast_without_network(tmp_path, monkeypatch):
 
 
 def test_tfds_unknown_dataset_is_one_line():
-  pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets  # noqa: F401  (a core dependency: missing is a failure)
   with pytest.raises(ValueError, match="contrax_no_such_dataset not found") as error:
     data.load("tfds:contrax_no_such_dataset")
   assert "\n" not in str(error.value)
@@ -387,7 +387,7 @@ def test_tfds_download_option_is_gone():
 @pytest.fixture(scope="module")
 def tiny_tfds(tmp_path_factory):
   """A real ArrayRecord TFDS dataset (PNG-encoded images), prepared without TensorFlow."""
-  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets as tfds  # a core dependency: missing is a failure, not a skip
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   rng = np.random.default_rng(7)
   arrays = {part: (rng.integers(0, 256, (n, 6, 5, 3), dtype=np.uint8), rng.integers(0, 3, n))
