@@ -34,7 +34,7 @@ from contrax import plotting
 __all__ = [
     "RESUMABLE_FIELDS", "ConfigError", "MetricsLog", "read_metrics", "write_plots",
     "checkpoint_manager", "save", "restore", "Run", "open_run", "finished_summary",
-    "load_variables",
+    "load_variables", "dotted_fields",
 ]
 
 # Fields a resumed run may change: they set how long the run goes on and what it reports, never
@@ -147,12 +147,13 @@ def _as_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(json.dumps(config.to_dict()))  # tuples as lists, as config.json holds them
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  """`{"loss": {"temperature": t}}` -> `{"loss.temperature": t}`."""
+def dotted_fields(config, prefix: str = "") -> dict:
+  """Every leaf of a config (a ConfigDict or its `to_dict()`) by dotted name:
+  `{"loss": {"temperature": t}}` -> `{"loss.temperature": t}`."""
   out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
+  for k, v in config.items():
+    if isinstance(v, (dict, ml_collections.ConfigDict)):
+      out.update(dotted_fields(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = v
   return out
@@ -160,7 +161,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def _differences(saved: dict, wanted: dict, ignore=frozenset()) -> list[str]:
   """The dotted fields on which two configs (as saved in config.json) differ."""
-  saved, wanted = _flat(saved), _flat(wanted)
+  saved, wanted = dotted_fields(saved), dotted_fields(wanted)
   keys = (saved.keys() | wanted.keys()) - set(_DERIVED_FIELDS) - ignore
   missing = "<missing>"
   return [f"{k}: {saved.get(k, missing)!r} there, {wanted.get(k, missing)!r} here"

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 import ml_collections
 import numpy as np
 
-from contrax import objectives
+from contrax import objectives, runs
 
 STD_NOTE = "mean ± sample std (ddof = 1) over the n seeds of each cell"
 
@@ -216,14 +216,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   return summary
 
 
-def _leaves(config, prefix=""):
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      yield from _leaves(value, f"{prefix}{key}.")
-    else:
-      yield f"{prefix}{key}", value
-
-
 def main(get_config: Callable[[], ml_collections.ConfigDict],
          run_study: Callable[[ml_collections.ConfigDict, str], dict]) -> None:
   """A study's command line: `--config.<field>=VALUE` over `get_config()` (absl +
@@ -233,7 +225,7 @@ def main(get_config: Callable[[], ml_collections.ConfigDict],
   from ml_collections import config_flags
 
   config = get_config()
-  fields = "\n".join(f"  --config.{k} (default: {v!r})" for k, v in _leaves(config))
+  fields = "\n".join(f"  --config.{k} (default: {v!r})" for k, v in runs.dotted_fields(config).items())
   config_flags.DEFINE_config_dict(
       "config", config, "override a field: --config.x=VALUE (tuples: 1,2,3). The objective "
       "fields a cell sets (loss.name, loss.tau_plus, loss.decoupled, weighting.name, "

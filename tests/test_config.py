@@ -62,11 +62,11 @@ def run_pretrain(*args):
 def test_pretrain_help_lists_configs_fields_defaults_and_choices():
   """`--help` (issue 19.10): --config with its names, a line per field with its default and
   help, the valid choices, and the docstring's example commands intact."""
-  from contrax import augment, data, models, objectives, train, weights
+  from contrax import augment, data, models, objectives, runs, train, weights
   done = run_pretrain("--help")
   text = " ".join(done.stdout.split())  # absl wraps lines
   assert "--config: the named config: digits, cifar10" in text, done.stdout
-  for field, default in _pretrain_configs().flat(train.default_config()):
+  for field, default in runs.dotted_fields(train.default_config()).items():
     assert f"--config.{field} (default: {default!r})" in text, field
   for choice in (*data.SOURCES, *models.MODELS, *augment.PRESETS, *train.OPTIMIZERS,
                  *objectives.LOSS_NAMES, *weights.REGISTRY, *objectives.PRESETS):

@@ -87,7 +87,7 @@ PUBLIC_API = {
     ],
     "runs": [
         "ConfigError", "MetricsLog", "RESUMABLE_FIELDS", "Run", "checkpoint_manager",
-        "finished_summary", "load_variables", "open_run", "read_metrics", "restore", "save",
+        "dotted_fields", "finished_summary", "load_variables", "open_run", "read_metrics", "restore", "save",
         "write_plots",
     ],
     "theory": [

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from contrax import augment, data, models, objectives, train, weights
+from contrax import augment, data, models, objectives, runs, train, weights
 
 
 def cifar10() -> ml_collections.ConfigDict:
@@ -88,21 +88,12 @@ FIELD_HELP = {
 }
 
 
-def flat(config, prefix=""):
-  """(dotted field name, value) of every leaf of `config`."""
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      yield from flat(value, f"{prefix}{key}.")
-    else:
-      yield f"{prefix}{key}", value
-
-
 def describe(config: ml_collections.ConfigDict) -> str:
   """One line per field of `config`: `--config.FIELD (default: VALUE) help`. The objective
   presets (`contrax.objectives.PRESETS`, e.g. hcl = loss.tau_plus 0.1 + weighting.name hcl) are
   listed after the fields."""
   lines = [f"  --config.{k} (default: {v!r}) {FIELD_HELP.get(k, '')}".rstrip()
-           for k, v in flat(config)]
+           for k, v in runs.dotted_fields(config).items()]
   presets = "; ".join(f"{name}: " + (", ".join(f"{k}={v!r}" for k, v in o.items()) or "defaults")
                       for name, o in objectives.PRESETS.items())
   return "\n".join(lines + [f"  objective presets (set these fields): {presets}"])
