@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 
 from contrax import (_checks, augment, data, evaluate, methods, models, objectives, pairs,
                      parallel, runs)
-from contrax.methods import contrastive
 
 __all__ = [
     "LossFn", "default_config", "OPTIMIZERS", "make_schedule", "make_optimizer", "create_model",
@@ -52,6 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.projection_dim = 64
   c.widths = ()          # convnet / resnet18 stage widths; () = the model's default
   c.augmentation = "digits"
+  c.method = methods.default_config()     # method.name, method.<name>.* (contrax.methods)
   objective = objectives.default_config()  # loss.*, weighting.* (objectives.PRESETS)
   c.loss = objective.loss
   c.weighting = objective.weighting
@@ -121,10 +121,9 @@ def create_model(config: ml_collections.ConfigDict) -> models.ContrastiveModel:
 
 
 def create_method(config: ml_collections.ConfigDict, model) -> methods.Method:
-  """The training method of a run: the config's contrastive objective on two views."""
-  loss_fn = objectives.make(config)  # the objective (z1, z2, *, axis_name) -> scalar
-  return contrastive.method(model, loss_fn, augment.get(config.augmentation),
-                            name=objectives.describe(config))
+  """The training method of a run (`config.method.name`; SimCLR with the config's objective
+  by default)."""
+  return methods.create(config, model)
 
 
 # ----------------------------------------------------------------------------- state and step
@@ -300,6 +299,7 @@ def validate_config(config: ml_collections.ConfigDict):
   _checks.choice("model", config.model, models.MODELS)
   _encoder_options(config)
   augment.get(config.augmentation)
+  _checks.choice("method.name", config.method.name, methods.NAMES)
   objectives.make(config)
   optimizer = make_optimizer(config)
   _checks.positive_int("batch_size", config.batch_size)

@@ -12,16 +12,35 @@ composes its parts in one jitted `shard_map` step:
 `extra` is the method's state beside the parameters (empty for SimCLR; an EMA target network
 for BYOL, a queue of past embeddings for MoCo) and is saved in checkpoints with the rest of the
 `TrainState`. Methods are built by functions such as `contrax.methods.contrastive.method`.
+
+A run picks its method by name from its config, as it picks a weighting:
+
+    method.name:           a name in `NAMES` ("simclr": the contrastive objectives)
+    method.<name>.<hyper>: that method's hyper-parameters (its module's `default_config()`)
+
+Each method is one module here with `default_config()` (its hyper-parameters and their
+paper defaults) and `build(config, model) -> Method` (the run's config, the encoder +
+projection model of `contrax.models.create`); adding one is that module plus its `_MODULES`
+entry. `create(config, model)` builds the config's method.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, NamedTuple
 
 import jax
+import ml_collections
 
 __all__ = [
-    "Method", "no_extra", "keep_extra",
+    "Method", "no_extra", "keep_extra", "NAMES", "default_config", "create",
 ]
+
+# name -> module with default_config() and build(config, model) (imported on use: the modules
+# import this one for `Method`).
+_MODULES = {
+    "simclr": "contrax.methods.contrastive",
+}
+NAMES = tuple(_MODULES)
 
 
 class Method(NamedTuple):
@@ -60,3 +79,26 @@ def keep_extra(extra, params, outputs):
   """`update_extra` of a method without extra state."""
   del params, outputs
   return extra
+
+
+def _module(name: str):
+  if name not in _MODULES:
+    raise ValueError(f"method.name={name!r} is not a method; valid choices: "
+                     f"{', '.join(NAMES)}")
+  return importlib.import_module(_MODULES[name])
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """`method.name` ("simclr") and one sub-dict per method with hyper-parameters."""
+  c = ml_collections.ConfigDict()
+  c.name = "simclr"
+  for name in NAMES:
+    hyper = _module(name).default_config()
+    if hyper:
+      c[name] = hyper
+  return c
+
+
+def create(config: ml_collections.ConfigDict, model) -> Method:
+  """The `Method` named by `config.method.name`, built from the run's config and `model`."""
+  return _module(config.method.name).build(config, model)

@@ -13,10 +13,24 @@ from typing import Callable, Union
 import jax
 import jax.numpy as jnp
 
-from contrax import augment
+import ml_collections
+
+from contrax import augment, objectives
 from contrax.methods import Method, keep_extra, no_extra
 
 LossFn = Callable[..., jax.Array]  # (z1, z2, *, axis_name) -> scalar
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """No hyper-parameters of its own: the objective is the run's `loss.*` and `weighting.*`."""
+  return ml_collections.ConfigDict()
+
+
+def build(config: ml_collections.ConfigDict, model) -> Method:
+  """SimCLR-style training of `model` on the config's objective (`contrax.objectives.make`)
+  with the config's augmentation on both views."""
+  return method(model, objectives.make(config), augment.get(config.augmentation),
+                name=objectives.describe(config))
 
 
 def method(model, loss_fn: LossFn, augmentation: Union[str, augment.Augmentation],

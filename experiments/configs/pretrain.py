@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from contrax import augment, data, models, objectives, runs, train, weights
+from contrax import augment, data, methods, models, objectives, runs, train, weights
 
 
 def cifar10() -> ml_collections.ConfigDict:
@@ -59,6 +59,8 @@ FIELD_HELP = {
     "projection_dim": "output size of the projection head g (the loss reads z = g(f(x)))",
     "widths": "convnet / resnet18 stage widths, e.g. 32,64,128,256; () = the model's default",
     "augmentation": f"augmentation preset of both views: {_choices(augment.PRESETS)}",
+    "method.name": (f"training method: {_choices(methods.NAMES)} (simclr: the objective "
+                    "loss.* with weighting.*)"),
     "loss.name": f"loss: {_choices(objectives.LOSS_NAMES)}",
     "loss.temperature": "softmax temperature t > 0 of the InfoNCE family and of the weightings",
     "loss.tau_plus": "infonce: debiasing class prior tau+ in [0, 1) (Chuang et al. 2020)",
