@@ -145,14 +145,14 @@ class TrainState:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def init_state(model, optimizer, key, image_shape, *,
-               init_extra: Callable[[Any], Any] = methods.no_extra) -> TrainState:
-  dummy = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
-  variables = model.init(key, dummy, train=False)
+def init_state(method: methods.Method, optimizer, key, image_shape) -> TrainState:
+  """Step 0 of training `method`: its variables (`method.init`), the optimiser's state and
+  the method's extra state (`method.init_extra`)."""
+  variables = method.init(key, tuple(image_shape))
   params = variables["params"]
   # Copied: an extra state that starts as the parameters (an EMA target) must not share their
   # buffers, since the step donates the whole state.
-  extra = jax.tree.map(jnp.copy, init_extra(params))
+  extra = jax.tree.map(jnp.copy, method.init_extra(params))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
                     opt_state=optimizer.init(params), extra=extra)
@@ -187,15 +187,15 @@ def make_train_step(method: methods.Method, optimizer: optax.GradientTransformat
 
     def loss_of(params):
       outputs, batch_stats = method.apply({"params": params, "batch_stats": state.batch_stats},
-                                          views)
-      loss, metrics = method.loss(outputs, state.extra, axis)
+                                          views, state.extra)
+      loss, metrics = method.loss(outputs, state.extra, axis_name=axis, step=state.step)
       return loss, (batch_stats, outputs, metrics)
 
     (loss, (batch_stats, outputs, metrics)), grads = jax.value_and_grad(
         loss_of, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    extra = method.update_extra(state.extra, params, outputs)
+    extra = method.update_extra(state.extra, params, outputs, axis_name=axis, step=state.step)
     finite = (jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
               & _all_finite(opt_state) & _all_finite(extra))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa
@@ -353,8 +353,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
   except (ValueError, TypeError, OSError) as e:
     raise ConfigError(str(e)) from e
 
-  state = init_state(model, optimizer, jax.random.fold_in(jax.random.key(config.seed), 1),
-                     dataset.train.image_shape, init_extra=method.init_extra)
+  state = init_state(method, optimizer, jax.random.fold_in(jax.random.key(config.seed), 1),
+                     dataset.train.image_shape)
   state = jax.device_put(state, parallel.replicated(mesh))
   state = run.restore_latest(state)
   start_step = int(state.step)

@@ -20,8 +20,7 @@ def setup(init_extra=None):
   method = contrastive.method(model, LOSS, AUG)
   if init_extra is not None:
     method = method._replace(init_extra=init_extra)
-  state = train.init_state(model, optax.sgd(LR), jax.random.key(0), (8, 8, 1),
-                           init_extra=method.init_extra)
+  state = train.init_state(method, optax.sgd(LR), jax.random.key(0), (8, 8, 1))
   images = np.random.default_rng(1).integers(0, 256, (3, 16, 8, 8, 1), dtype=np.uint8)
   return model, method, state, images
 
@@ -55,7 +54,7 @@ def test_extra_state_is_updated_after_each_step_and_checkpointed(tmp_path):
   """An EMA of the parameters as extra state (a BYOL-style target): after steps with
   parameters p_1, p_2, ... it equals e_k = (e_{k-1} + p_k) / 2, e_0 = p_0, on 8 devices."""
   model, method, state, images = setup(init_extra=lambda params: {"ema": params})
-  method = method._replace(update_extra=lambda extra, params, outputs: {
+  method = method._replace(update_extra=lambda extra, params, outputs, **_: {
       "ema": jax.tree.map(lambda e, p: 0.5 * (e + p), extra["ema"], params)})
   mesh = parallel.make_mesh(8)
   step = train.make_train_step(method, optax.sgd(LR), mesh, seed=SEED)
@@ -77,7 +76,7 @@ def test_extra_state_is_updated_after_each_step_and_checkpointed(tmp_path):
 
 def test_non_finite_extra_state_drops_the_update():
   model, method, state, images = setup(init_extra=lambda params: {"count": jnp.zeros(())})
-  method = method._replace(update_extra=lambda extra, params, outputs: {
+  method = method._replace(update_extra=lambda extra, params, outputs, **_: {
       "count": extra["count"] / 0.0})
   mesh = parallel.make_mesh(1)
   step = train.make_train_step(method, optax.sgd(LR), mesh, seed=SEED)

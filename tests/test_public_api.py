@@ -45,7 +45,7 @@ PUBLIC_API = {
         "tiled_infonce", "triplet_family",
     ],
     "methods": [
-        "Method", "NAMES", "create", "default_config", "keep_extra", "no_extra",
+        "Method", "NAMES", "create", "default_config", "keep_extra", "model_init", "no_extra",
     ],
     "mi": [
         "BilinearCritic", "CRITICS", "ConcatCritic", "ESTIMATORS", "LOG2", "LabelChannel",

@@ -251,8 +251,8 @@ def poison_gradients_from(monkeypatch, first_bad_step: int):
   original = train.make_train_step
 
   def make_train_step(method, optimizer, mesh, *, seed):
-    def bad_loss(outputs, extra, axis_name):
-      return method.loss((nan_gradient(outputs[0]), *outputs[1:]), extra, axis_name)
+    def bad_loss(outputs, extra, **kwargs):
+      return method.loss((nan_gradient(outputs[0]), *outputs[1:]), extra, **kwargs)
     good = original(method, optimizer, mesh, seed=seed)
     bad = original(method._replace(loss=bad_loss), optimizer, mesh, seed=seed)
     return lambda state, images: (bad if int(state.step) >= first_bad_step else good)(

@@ -3,15 +3,18 @@
 A `Method` says how a step turns a uint8 batch into a loss; `contrax.train.make_train_step`
 composes its parts in one jitted `shard_map` step:
 
-    views = method.views(key, images, sample_ids)          # augmentation, on device
-    outputs, batch_stats = method.apply(variables, views)  # the online networks, train mode
-    loss, metrics = method.loss(outputs, extra, axis_name)  # local rows x global columns
+    views = method.views(key, images, sample_ids)                 # augmentation, on device
+    outputs, batch_stats = method.apply(variables, views, extra)  # the networks, train mode
+    loss, metrics = method.loss(outputs, extra, axis_name=axis, step=step)  # global mean
     ... gradients, optax update ...
-    extra = method.update_extra(extra, params, outputs)    # e.g. an EMA target, a queue
+    extra = method.update_extra(extra, params, outputs, axis_name=axis, step=step)
 
 `extra` is the method's state beside the parameters (empty for SimCLR; an EMA target network
 for BYOL, a queue of past embeddings for MoCo) and is saved in checkpoints with the rest of the
-`TrainState`. Methods are built by functions such as `contrax.methods.contrastive.method`.
+`TrainState`. The parameters are `method.init`'s: the model's, plus any head only training
+uses (a predictor) under its own top-level key, so `method.model.apply(variables, x)` still
+evaluates the encoder. Methods are built by functions such as
+`contrax.methods.contrastive.method`.
 
 A run picks its method by name from its config, as it picks a weighting:
 
@@ -25,14 +28,17 @@ entry. `create(config, model)` builds the config's method.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any, Callable, NamedTuple
 
 import jax
 import ml_collections
 
+from contrax import models
+
 __all__ = [
-    "Method", "no_extra", "keep_extra", "NAMES", "default_config", "create",
+    "Method", "model_init", "no_extra", "keep_extra", "NAMES", "default_config", "create",
 ]
 
 # name -> module with default_config() and build(config, model) (imported on use: the modules
@@ -52,21 +58,31 @@ class Method(NamedTuple):
     num_views: how many views `views` returns.
     views: `(key, images uint8 [b, H, W, C], sample_ids int [b]) -> tuple of views`; view v
       of sample i depends only on (key, v, sample_ids[i]), never on its place in the batch.
-    apply: `(variables, views) -> (outputs, new_batch_stats)`: the online networks in train
-      mode (`variables` holds 'params' and 'batch_stats').
-    loss: `(outputs, extra, axis_name) -> (scalar loss, dict of scalar metrics)`; the loss is
-      a mean over the global batch, so its gradient is already the all-device gradient.
+    init: `(key, image_shape) -> {'params', 'batch_stats'}`: the trained variables
+      (`model_init(model)` when the model is all there is).
+    apply: `(variables, views, extra) -> (outputs, new_batch_stats)`: the networks in train
+      mode (`variables` holds 'params' and 'batch_stats'; a target network reads `extra`).
+    loss: `(outputs, extra, *, axis_name, step) -> (scalar loss, dict of scalar metrics)`;
+      the loss is a mean over the global batch, so its gradient is already the all-device
+      gradient. `step` is the (traced) number of the update being computed.
     init_extra: `params -> extra` (a pytree; `{}` when the method keeps no extra state).
-    update_extra: `(extra, new_params, outputs) -> extra` after the optimiser update.
+    update_extra: `(extra, new_params, outputs, *, axis_name, step) -> extra` after the
+      optimiser update (the same on every device: reduce over `axis_name` what differs).
   """
   name: str
   model: Any
   num_views: int
   views: Callable[..., tuple[jax.Array, ...]]
+  init: Callable[[jax.Array, tuple], dict]
   apply: Callable[..., tuple[Any, Any]]
   loss: Callable[..., tuple[jax.Array, dict]]
   init_extra: Callable[[Any], Any]
-  update_extra: Callable[[Any, Any, Any], Any]
+  update_extra: Callable[..., Any]
+
+
+def model_init(model) -> Callable[[jax.Array, tuple], dict]:
+  """`init` of a method whose trained variables are the model's (`models.init_variables`)."""
+  return functools.partial(models.init_variables, model)
 
 
 def no_extra(params) -> dict:
@@ -75,9 +91,9 @@ def no_extra(params) -> dict:
   return {}
 
 
-def keep_extra(extra, params, outputs):
+def keep_extra(extra, params, outputs, *, axis_name=None, step=None):
   """`update_extra` of a method without extra state."""
-  del params, outputs
+  del params, outputs, axis_name, step
   return extra
 
 

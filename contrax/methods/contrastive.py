@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from contrax import augment, objectives
-from contrax.methods import Method, keep_extra, no_extra
+from contrax.methods import Method, keep_extra, model_init, no_extra
 
 LossFn = Callable[..., jax.Array]  # (z1, z2, *, axis_name) -> scalar
 
@@ -45,19 +45,20 @@ def method(model, loss_fn: LossFn, augmentation: Union[str, augment.Augmentation
   augmentation = augment.get(augmentation)
   return Method(name=name, model=model, num_views=2,
                 views=functools.partial(augment.two_views, augmentation),
-                apply=functools.partial(_apply, model),
+                init=model_init(model), apply=functools.partial(_apply, model),
                 loss=functools.partial(_loss, loss_fn),
                 init_extra=no_extra, update_extra=keep_extra)
 
 
-def _apply(model, variables, views):
+def _apply(model, variables, views, extra):
+  del extra
   (_, proj), updates = model.apply(variables, jnp.concatenate(views), train=True,
                                    mutable=["batch_stats"])
   return tuple(jnp.split(proj, len(views))), updates.get("batch_stats", {})
 
 
-def _loss(loss_fn, outputs, extra, axis_name):
-  del extra
+def _loss(loss_fn, outputs, extra, *, axis_name, step):
+  del extra, step
   z1, z2 = outputs
   loss = loss_fn(z1, z2, axis_name=axis_name)
   return loss, {"loss": loss}

@@ -182,12 +182,12 @@ def measure_contrax_step(name: str, batch: int, config) -> dict:
                         bn_axis_name=parallel.DATA_AXIS)
   optimizer = optax.sgd(config.learning_rate, momentum=0.9)
   mesh = parallel.make_mesh(1)
-  state = train.init_state(model, optimizer, jax.random.key(config.seed), IMAGE_SHAPE)
-  state = jax.device_put(state, parallel.replicated(mesh))
   loss_fn = lambda z1, z2, axis_name=None: infonce(  # noqa: E731
       z1, z2, temperature=config.temperature, axis_name=axis_name)
-  step = train.make_train_step(contrastive.method(model, loss_fn, augment.get("simclr")),
-                               optimizer, mesh, seed=config.seed)
+  method = contrastive.method(model, loss_fn, augment.get("simclr"))
+  state = train.init_state(method, optimizer, jax.random.key(config.seed), IMAGE_SHAPE)
+  state = jax.device_put(state, parallel.replicated(mesh))
+  step = train.make_train_step(method, optimizer, mesh, seed=config.seed)
   images = host_images(batch, config.seed)
   start = time.perf_counter()
   compiled = step.lower(state, parallel.shard_host_batch(images, mesh)).compile()
