@@ -86,3 +86,13 @@ def test_non_finite_extra_state_drops_the_update():
   assert not bool(metrics["finite"]) and float(new.extra["count"]) == 0.0
   for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(before)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_ema_update_and_byol_cosine_momentum_schedule():
+  """Closed forms: m(0) = m_0, m(T) = 1, m(T/2) = (1 + m_0)/2; update is the convex mix."""
+  from contrax.methods import _ema
+  np.testing.assert_allclose(_ema.cosine_momentum(0, 100, 0.99), 0.99, rtol=1e-7)
+  np.testing.assert_allclose(_ema.cosine_momentum(100, 100, 0.99), 1.0, rtol=1e-7)
+  np.testing.assert_allclose(_ema.cosine_momentum(50, 100, 0.99), 0.995, rtol=1e-6)
+  out = _ema.update({"w": jnp.array([1.0, 3.0])}, {"w": jnp.array([3.0, -1.0])}, 0.75)
+  np.testing.assert_allclose(out["w"], [1.5, 2.0])
