@@ -5,6 +5,8 @@
                               "learning_rate", "time"}, evaluation {"step", "knn_accuracy"} (the
                               record at step 0 is the random-init baseline), and the final
                               {"step", "knn_accuracy", "linear_accuracy"}
+    <workdir>/tensorboard/    the same numeric records as TensorBoard scalars (tensorboardX
+                              event files: `tensorboard --logdir <workdir>`)
     <workdir>/summary.json    final accuracies, wall time, throughput, image counts
     <workdir>/loss.png, accuracy.png
     <workdir>/checkpoints/    orbax: the whole `TrainState`, written atomically
@@ -57,10 +59,30 @@ class ConfigError(ValueError):
 
 
 class MetricsLog:
-  """Appends JSON lines to `path` (when `enabled`: process 0 only)."""
+  """Appends JSON lines to `path` and the same numbers as TensorBoard scalars to
+  `tensorboard_dir` (when `enabled`: process 0 only).
 
-  def __init__(self, path: str, enabled: bool):
-    self.path, self.enabled = path, enabled
+  TensorBoard's event files are written by tensorboardX (no TensorFlow needed); each record's
+  numeric fields other than `step` become scalars at that step. A resumed run purges the
+  scalars past its checkpoint (TensorBoard's purge_step), as `forget_after` drops the lines.
+  """
+
+  def __init__(self, path: str, enabled: bool, tensorboard_dir: Optional[str] = None):
+    self.path, self.enabled, self.tensorboard_dir = path, enabled, tensorboard_dir
+    self._writer, self._purge_step = None, None
+
+  def _tensorboard(self):
+    if self._writer is None and self.enabled and self.tensorboard_dir:
+      from tensorboardX import SummaryWriter  # imported on first use: it loads protobuf
+      self._writer = SummaryWriter(self.tensorboard_dir, purge_step=self._purge_step,
+                                   flush_secs=10)
+    return self._writer
+
+  def close(self) -> None:
+    """Flush and close the TensorBoard writer (the JSON lines are written at once)."""
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
 
   def forget_after(self, step: int) -> list[dict]:
     """Drop the records past `step` (a resumed run redoes them); returns the kept records.
@@ -79,12 +101,21 @@ class MetricsLog:
             kept.append(record)
       with open(self.path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
+    if self.enabled and self.tensorboard_dir and os.path.isdir(self.tensorboard_dir):
+      self.close()
+      self._purge_step = step + 1  # the next writer tells TensorBoard to drop later scalars
     return kept
 
   def write(self, record: dict) -> None:
     if self.enabled:
       with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
+      writer = self._tensorboard()
+      if writer is not None:
+        for key, value in record.items():
+          if (key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)):
+            writer.add_scalar(key, value, global_step=int(record["step"]))
+        writer.flush()  # records are sparse (every log_every steps): keep the file current
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -198,7 +229,8 @@ class Run:
     self.path, self.config, self.resume = path, config, resume
     self.is_chief = jax.process_index() == 0
     self.manager = checkpoint_manager(path)
-    self.log = MetricsLog(os.path.join(path, "metrics.jsonl"), self.is_chief)
+    self.log = MetricsLog(os.path.join(path, "metrics.jsonl"), self.is_chief,
+                          tensorboard_dir=os.path.join(path, "tensorboard"))
     self._start, self._before = time.time(), 0.0
 
   def say(self, message: str) -> None:
@@ -224,7 +256,8 @@ class Run:
     return state
 
   def finish(self, summary: dict) -> None:
-    """Write summary.json and the plots (process 0)."""
+    """Write summary.json and the plots (process 0); close the TensorBoard writer."""
+    self.log.close()
     if self.is_chief:
       with open(os.path.join(self.path, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -1,9 +1,8 @@
-"""Every notebook in notebooks/ executes at its small size and draws its figures.
+"""Every notebook in notebooks/ is committed executed, with its figures.
 
-Each notebook is run from a fresh copy of the committed file (outputs cleared) with nbclient,
-kernel python3, cwd notebooks/, `CONTRAX_NOTEBOOK_SMALL=1`, a timeout per cell; a cell that
-raises fails the test (nbclient's `CellExecutionError` names the cell and the traceback). The
-five together take several minutes of CPU, so the module is `slow` (CI's second command).
+The notebooks are executed again at their small size (`CONTRAX_NOTEBOOK_SMALL=1`) by the docs
+build in .ci/run (MyST-NB, a failing cell fails the build), and docs/check_site.py checks that
+each page shows the `FIGURES` below.
 """
 from __future__ import annotations
 
@@ -11,8 +10,7 @@ import os
 
 import pytest
 
-import nbformat  # dev dependencies: missing is a failure, not a skip
-import nbclient
+import nbformat  # a dev dependency: missing is a failure, not a skip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
@@ -29,21 +27,6 @@ def test_every_notebook_is_listed():
 def count_figures(notebook) -> int:
   return sum("image/png" in output.get("data", {})
              for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(FIGURES))
-def test_notebook_executes_at_small_size(name, monkeypatch):
-  monkeypatch.setenv("CONTRAX_NOTEBOOK_SMALL", "1")
-  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-      [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-  notebook = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
-  for cell in notebook.cells:
-    if cell.cell_type == "code":
-      cell.outputs, cell.execution_count = [], None
-  nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                          resources={"metadata": {"path": NOTEBOOKS}}).execute()
-  assert count_figures(notebook) == FIGURES[name], f"{name} drew a different number of figures"
 
 
 @pytest.mark.parametrize("name", sorted(FIGURES))

@@ -97,6 +97,11 @@ def test_a_run_reports_learning_rate_baseline_images_and_final_accuracies(tmp_pa
   assert 0.0 <= records[0]["knn_accuracy"] <= 1.0
   assert records[-1] == {"step": 4, "knn_accuracy": summary["knn_accuracy"],
                          "linear_accuracy": summary["linear_accuracy"]}
+  # The same numbers as TensorBoard scalars, read back by TensorBoard's own reader.
+  scalars = tensorboard_scalars(f"{workdir}/tensorboard")
+  for key in ("loss", "grad_norm", "learning_rate", "knn_accuracy", "linear_accuracy"):
+    expected = [(r["step"], r[key]) for r in records if key in r]
+    assert [(step, pytest.approx(v, rel=1e-6)) for step, v in scalars[key]] == expected, key
   dataset = data.load("digits", seed=0)
   assert (summary["num_train_images"], summary["num_test_images"]) == (
       len(dataset.train), len(dataset.test))
@@ -132,9 +137,27 @@ def test_resume_says_where_and_counts_the_earlier_wall_time(tmp_path, capsys, mo
   assert summary["images_per_second"] is None or summary["images_per_second"] > 0
 
 
+def tensorboard_scalars(logdir: str) -> dict:
+  """{tag: [(step, value), ...]} of the event files in `logdir`, through TensorBoard's reader."""
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  events = EventAccumulator(logdir)
+  events.Reload()
+  return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+          for tag in events.Tags()["scalars"]}
+
+
 def test_metrics_log_forgets_records_past_the_restored_step(tmp_path):
-  log = runs.MetricsLog(str(tmp_path / "metrics.jsonl"), enabled=True)
+  """The JSON lines past the step are dropped; TensorBoard drops its scalars past the step
+  too (purge_step), so a resumed run's curves hold the rerun's values only."""
+  tensorboard = str(tmp_path / "tensorboard")
+  log = runs.MetricsLog(str(tmp_path / "metrics.jsonl"), enabled=True, tensorboard_dir=tensorboard)
   for step in (0, 2, 4, 6):
     log.write({"step": step, "loss": float(step)})
-  assert [r["step"] for r in log.forget_after(4)] == [0, 2, 4]
+  log.close()
+  resumed = runs.MetricsLog(str(tmp_path / "metrics.jsonl"), enabled=True,
+                            tensorboard_dir=tensorboard)
+  assert [r["step"] for r in resumed.forget_after(4)] == [0, 2, 4]
   assert [r["step"] for r in runs.read_metrics(str(tmp_path))] == [0, 2, 4]
+  resumed.write({"step": 6, "loss": 60.0})
+  resumed.close()
+  assert tensorboard_scalars(tensorboard)["loss"] == [(0, 0.0), (2, 2.0), (4, 4.0), (6, 60.0)]
