@@ -1,0 +1,54 @@
+"""experiments/methods.py at tiny size: every registered method trains through the main job's
+code path (`train.pretrain`) and lands in the study's table against SimCLR."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sys
+
+import pytest
+
+from contrax import methods
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+
+
+def load_experiment():
+  spec = importlib.util.spec_from_file_location(
+      "methods_study", os.path.join(ROOT, "experiments", "methods.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_cells_are_every_method_plus_barlow_and_refuse_unknown_names():
+  study = load_experiment()
+  config = study.get_config()
+  assert list(study.cells(config)) == [*methods.NAMES, "barlow_twins"]
+  config.methods = "barlow_twins"
+  assert list(study.cells(config)) == ["simclr", "barlow_twins"]  # the reference is always run
+  config.methods = "simclr,nope"
+  with pytest.raises(ValueError, match=r"\['nope'\] are not methods; valid choices: simclr"):
+    study.cells(config)
+
+
+@pytest.mark.slow
+def test_every_method_trains_and_is_compared_with_simclr(tmp_path):
+  study = load_experiment()
+  config = study.get_config()
+  config.steps, config.batch_size, config.log_every, config.knn_k = 4, 32, 2, 10
+  config.seeds = (0,)
+  summary = study.run(config, str(tmp_path))
+  names = [*methods.NAMES, "barlow_twins"]
+  assert list(summary["stats"]) == names
+  for name in names:
+    stats = summary["stats"][name]
+    for key in ("knn_accuracy", "linear_accuracy"):
+      assert 0.0 <= stats[key][0] <= 1.0 and stats[key][1] is None  # n = 1: no std
+      assert math.isfinite(stats[f"{key}_minus_simclr"][0])
+  assert os.path.exists(tmp_path / "accuracy.png")
+  with open(tmp_path / "results.json") as f:
+    assert sorted({r["cell"] for r in json.load(f)}) == sorted(names)
