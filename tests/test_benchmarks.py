@@ -136,6 +136,21 @@ def test_train_step_tiny(tmp_path):
   assert "--config.torch=false" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow  # compiles one training step per registered method
+def test_method_steps_tiny(tmp_path):
+  """Every registered method's step is timed against SimCLR's (ratio 1 for SimCLR itself)."""
+  from contrax import methods
+  bench = load("method_steps")
+  config = bench.get_config()
+  config.model, config.data_shape, config.augmentation = "mlp", (8, 8, 1), "digits"
+  config.batch_size, config.steps, config.projection_dim = 16, 1, 8
+  results = bench.run(config, str(tmp_path))
+  assert _files(tmp_path) == {"config.json", "results.json", "results.md", "summary.json"}
+  assert list(results["relative"]) == list(methods.NAMES)
+  assert results["relative"]["simclr"] == 1.0
+  assert all(r > 0 for r in results["relative"].values())
+
+
 def _ntxent_float64(z1, z2, temperature):
   """NT-Xent (SimCLR) in float64: rows L2-normalised, each of the 2B anchors against its
   positive over the 2B − 1 others, averaged."""
