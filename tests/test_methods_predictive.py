@@ -5,6 +5,7 @@ one; the methods by name through the config and the CLI."""
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import subprocess
@@ -152,6 +153,7 @@ def images():
   return np.random.default_rng(1).integers(0, 256, (2, 16, 8, 8, 1), dtype=np.uint8)
 
 
+@functools.lru_cache(maxsize=None)
 def initial_state(name):
   """Step START (so the momentum is off its base value): the method's init, host arrays."""
   method = build(name, tiny_model(parallel.DATA_AXIS))
@@ -163,7 +165,8 @@ def run_steps(name, num_devices):
   """Two steps of `train.make_train_step` on `num_devices`; (state, metrics) after each."""
   method = build(name, tiny_model(parallel.DATA_AXIS))
   mesh = parallel.make_mesh(num_devices)
-  state = jax.device_put(initial_state(name), parallel.replicated(mesh))
+  # A copy: the step donates its input state, and the cached one is the reference's too.
+  state = jax.device_put(jax.tree.map(np.copy, initial_state(name)), parallel.replicated(mesh))
   batches = [parallel.shard_host_batch(x, mesh) for x in images()]
   step = train.make_train_step(method, optax.sgd(LR), mesh, seed=SEED)
   step = step.lower(state, batches[0]).compile(compiler_options=FAST_COMPILE)
@@ -218,7 +221,7 @@ def reference_step(name, state):
       loss = 2 * TAU * (ctr(p[0], t[1]) + ctr(p[1], t[0]))
     return loss, {**model_stats, "predictor": pred_stats}
 
-  (loss, stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  (loss, stats), grads = jax.jit(jax.value_and_grad(loss_of, has_aux=True))(state.params)
   params = jax.tree.map(lambda w, g: w - LR * g, state.params, grads)
   extra = {}
   if name != "simsiam":
@@ -327,3 +330,35 @@ def test_pretrain_cli_runs_each_method(tmp_path, name):
   assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
   final = [r for r in records if "linear_accuracy" in r]
   assert final and final[-1]["knn_accuracy"] > 0.1  # ten classes: above chance
+  with open(tmp_path / "run" / "summary.json") as f:
+    assert json.load(f)["loss"] == name
+
+
+@pytest.mark.slow
+def test_moco_v3_on_two_processes_equals_one_process(tmp_path):
+  """`experiments/pretrain.py --distributed --config.method.name=moco_v3` on 2 processes x 4
+  CPU devices (keys gathered across processes, cross-replica BN, the momentum encoder) ends in
+  the state of `train.pretrain` on the 8 devices of this process, which the tests above tie to
+  one device."""
+  import orbax.checkpoint as ocp
+  import test_multiprocess as mp
+  flags = dict(steps=4, batch_size=32, log_every=2, eval_every=0, checkpoint_every=4,
+               progress=False, knn_k=5)
+  port, run = mp.free_port(), tmp_path / "run"
+  command = [sys.executable, os.path.join(ROOT, "experiments", "pretrain.py"), "--distributed",
+             "--workdir", str(run), "--config.method.name=moco_v3"]
+  command += [f"--config.{k}={str(v).lower()}" for k, v in flags.items()]
+  envs = [dict(mp.worker_env(), JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+               JAX_NUM_PROCESSES=str(mp.NUM_PROCESSES), JAX_PROCESS_ID=str(i),
+               JAX_NUM_CPU_DEVICES=str(mp.LOCAL_DEVICES)) for i in range(mp.NUM_PROCESSES)]
+  mp.run_processes(tmp_path, [command] * mp.NUM_PROCESSES, envs)
+  config = train.default_config()
+  config.method.name = "moco_v3"
+  config.update(flags, num_devices=mp.NUM_PROCESSES * mp.LOCAL_DEVICES)
+  train.pretrain(config, str(tmp_path / "reference"))
+  two, one = (runs.checkpoint_manager(str(d)) for d in (run, tmp_path / "reference"))
+  b = one.restore(config.steps)
+  a = two.restore(config.steps, args=ocp.args.StandardRestore(
+      jax.tree.map(ocp.utils.to_shape_dtype_struct, b)))
+  assert "target" in a["extra"] and "predictor" in a["params"]
+  assert_trees_close(a, b, "moco_v3: 2 processes vs 1")

@@ -59,7 +59,7 @@ def predictor(model: models.ContrastiveModel, hidden: int) -> models.ProjectionH
   """
   head = model.head
   return models.ProjectionHead(projection_dim=head.projection_dim,
-                               hidden_dim=_checks.positive_int("hidden", hidden),
+                               hidden_dim=_checks.positive_int("predictor_hidden", hidden),
                                batch_norm=True, bn_axis_name=head.bn_axis_name, dtype=head.dtype)
 
 
