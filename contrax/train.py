@@ -378,7 +378,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
   final = {k: results[k] for k in ("knn_accuracy", "linear_accuracy") if k in results}
   run.log.write({"step": int(state.step), **final})
   summary = {
-      "data": config.data, "model": config.model, "loss": objectives.describe(config), "steps": int(state.step),
+      "data": config.data, "model": config.model, "loss": method.name, "steps": int(state.step),
       **results,
       "images_per_second": images_seen / train_seconds if train_seconds > 0 else None,
       "wall_seconds": run.elapsed(),

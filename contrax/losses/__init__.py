@@ -1,11 +1,12 @@
 """Contrastive losses: pure functions of embeddings returning a scalar.
 
 InfoNCE family (`infonce`, dense, and `tiled`, memory-linear), CURL (`curl`), Barlow Twins and
-the paper forms of Huang et al. (`barlow`), α-CL (`alpha_cl`). Pairwise losses read the batch
+the paper forms of Huang et al. (`barlow`), α-CL (`alpha_cl`), the objectives of the methods
+with a predictor: BYOL, SimSiam, MoCo v3 (`predictive`). Pairwise losses read the batch
 geometry `contrax.pairs.Pairs` (`infonce_pairs`, `alpha_surrogate_pairs`, ...); the
 `(z1, z2, ...)` functions build it for you. Negative weightings are in `contrax.weights`.
 """
-from contrax.losses import alpha_cl, barlow, curl, tiled
+from contrax.losses import alpha_cl, barlow, curl, predictive, tiled
 from contrax.losses.alpha_cl import (PhiPsi, alpha_cl_direct, alpha_from_phi_psi,
                                      alpha_from_phi_psi_pairs, alpha_surrogate,
                                      alpha_surrogate_pairs, infonce_alpha, infonce_family,
@@ -15,12 +16,16 @@ from contrax.losses.barlow import (alignment, barlow_twins, cross_correlation,
                                    cross_correlation_loss, paper_infonce_one_negative)
 from contrax.losses.curl import (curl_block_scores, curl_loss, curl_scores, hinge_loss,
                                  logistic_loss, mean_classifier, supervised_multiway_loss)
-from contrax.losses.infonce import infonce, infonce_pairs, ntxent, supervised_infonce
+from contrax.losses.infonce import (cross_infonce, infonce, infonce_pairs, ntxent,
+                                    supervised_infonce)
+from contrax.losses.predictive import byol_loss, moco_v3_loss, simsiam_loss
 from contrax.losses.tiled import tiled_infonce
 
 __all__ = [
     # InfoNCE family
-    "infonce", "infonce_pairs", "ntxent", "supervised_infonce", "tiled_infonce",
+    "infonce", "infonce_pairs", "ntxent", "supervised_infonce", "tiled_infonce", "cross_infonce",
+    # with a predictor: BYOL, SimSiam, MoCo v3
+    "byol_loss", "simsiam_loss", "moco_v3_loss",
     # CURL
     "curl_scores", "curl_block_scores", "logistic_loss", "hinge_loss", "curl_loss",
     "mean_classifier", "supervised_multiway_loss",
@@ -32,5 +37,5 @@ __all__ = [
     "phi_psi_loss", "phi_psi_loss_pairs", "alpha_from_phi_psi", "alpha_from_phi_psi_pairs",
     "alpha_surrogate", "alpha_surrogate_pairs", "alpha_cl_direct", "infonce_alpha",
     # submodules
-    "alpha_cl", "barlow", "curl", "tiled",
+    "alpha_cl", "barlow", "curl", "predictive", "tiled",
 ]

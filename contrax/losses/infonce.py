@@ -186,3 +186,48 @@ def supervised_infonce(z1: jax.Array, z2: jax.Array, labels: jax.Array, *,
   mean_pos_logit = jnp.sum(jnp.where(positive, logits, 0.0), axis=1) / count
   per_row = log_denominator - mean_pos_logit
   return pairs.global_mean(per_row)
+
+
+def cross_infonce(q: jax.Array, k: jax.Array, *, temperature=0.2,
+                  axis_name: Optional[str] = None) -> jax.Array:
+  """InfoNCE of queries against the keys of another network, positives on the diagonal.
+
+  With `q̂, k̂` the L2-normalised rows, over the B images of the global batch (query i and
+  key i are two views of image i; the other B − 1 keys are its negatives):
+
+      l_i  = −log( exp(q̂_iᵀk̂_i / t) / Σ_j exp(q̂_iᵀk̂_j / t) ),    loss = (1/B) Σ_i l_i
+
+  MoCo's contrastive loss without a queue (He et al. 2020, "Momentum contrast for
+  unsupervised visual representation learning"; Chen, Xie & He 2021, MoCo v3, eq. 1): unlike
+  NT-Xent, the candidates of a query are the B keys only, never the other queries. With
+  `axis_name` (inside `shard_map`) each device scores its local queries against the
+  all-gathered keys (the positive of local row r is global key `offset + r`, picked by a
+  mask), and the value is the global mean. Gradients flow into both `q` and `k`; MoCo stops
+  the keys' (the caller's `jax.lax.stop_gradient`).
+
+  Args:
+    q, k: `[b, D]` queries and keys of this device's images, in the same order.
+    temperature: t > 0.
+    axis_name: the data axis under `shard_map`, or None.
+  """
+  t = _checks.check_temperature(temperature)
+  _checks.rank("q", q, 2)
+  _checks.rank("k", k, 2)
+  _checks.same_shape(("q", "k"), q, k)
+  pairs_lib.check_finite("q", q)
+  pairs_lib.check_finite("k", k)
+  b = q.shape[0]
+  big_b = b if axis_name is None else b * jax.lax.axis_size(axis_name)
+  if big_b < 2:
+    raise ValueError("cross_infonce needs at least one negative key: use a global batch of >= 2 "
+                     "images")
+  keys = pairs_lib.all_gather_rows(pairs_lib.l2_normalize(k), axis_name)  # [B, D]
+  logits = pairs_lib.l2_normalize(q) @ keys.T / t  # [b, B]
+  row = pairs_lib.device_offset(b, axis_name) + jnp.arange(b)
+  positive = jnp.arange(big_b)[None, :] == row[:, None]
+  per_row = (jax.nn.logsumexp(logits, axis=1)
+             - jnp.sum(jnp.where(positive, logits, 0.0), axis=1))
+  total = jnp.sum(per_row)
+  if axis_name is not None:
+    total = jax.lax.psum(total, axis_name)
+  return total / big_b

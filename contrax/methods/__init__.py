@@ -18,7 +18,8 @@ evaluates the encoder. Methods are built by functions such as
 
 A run picks its method by name from its config, as it picks a weighting:
 
-    method.name:           a name in `NAMES` ("simclr": the contrastive objectives)
+    method.name:           a name in `NAMES` ("simclr": the contrastive objectives; "byol",
+                           "simsiam", "moco_v3": the methods with a predictor)
     method.<name>.<hyper>: that method's hyper-parameters (its module's `default_config()`)
 
 Each method is one module here with `default_config()` (its hyper-parameters and their
@@ -45,6 +46,9 @@ __all__ = [
 # import this one for `Method`).
 _MODULES = {
     "simclr": "contrax.methods.contrastive",
+    "byol": "contrax.methods.byol",
+    "simsiam": "contrax.methods.simsiam",
+    "moco_v3": "contrax.methods.moco_v3",
 }
 NAMES = tuple(_MODULES)
 

@@ -60,7 +60,21 @@ FIELD_HELP = {
     "widths": "convnet / resnet18 stage widths, e.g. 32,64,128,256; () = the model's default",
     "augmentation": f"augmentation preset of both views: {_choices(augment.PRESETS)}",
     "method.name": (f"training method: {_choices(methods.NAMES)} (simclr: the objective "
-                    "loss.* with weighting.*)"),
+                    "loss.* with weighting.*; byol, simsiam, moco_v3: a predictor and their "
+                    "method.<name>.* fields)"),
+    "method.byol.base_momentum": ("byol: EMA momentum m0 in [0, 1] of the target network at step "
+                                  "0, rising to 1 at `steps` on a cosine (0.996, Grill et al. "
+                                  "2020)"),
+    "method.byol.predictor_hidden_ratio": ("byol: predictor hidden width / projection_dim > 0 "
+                                           "(16 = 4096 / 256, Grill et al. 2020)"),
+    "method.simsiam.predictor_hidden_ratio": ("simsiam: predictor hidden width / projection_dim "
+                                              "> 0 (0.25 = 512 / 2048, Chen & He 2021)"),
+    "method.moco_v3.base_momentum": ("moco_v3: momentum m0 in [0, 1] of the momentum encoder at "
+                                     "step 0, rising to 1 at `steps` on a cosine (0.99, Chen, "
+                                     "Xie & He 2021)"),
+    "method.moco_v3.temperature": "moco_v3: softmax temperature tau > 0 of the InfoNCE (0.2)",
+    "method.moco_v3.predictor_hidden_ratio": ("moco_v3: predictor hidden width / projection_dim "
+                                              "> 0 (16 = 4096 / 256, Chen, Xie & He 2021)"),
     "loss.name": f"loss: {_choices(objectives.LOSS_NAMES)}",
     "loss.temperature": "softmax temperature t > 0 of the InfoNCE family and of the weightings",
     "loss.tau_plus": "infonce: debiasing class prior tau+ in [0, 1) (Chuang et al. 2020)",
