@@ -45,6 +45,8 @@ __all__ = [
 # import this one for `Method`).
 _MODULES = {
     "simclr": "contrax.methods.contrastive",
+    "mocov2": "contrax.methods.mocov2",
+    "nnclr": "contrax.methods.nnclr",
 }
 NAMES = tuple(_MODULES)
 

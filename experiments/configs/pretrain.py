@@ -60,12 +60,32 @@ FIELD_HELP = {
     "widths": "convnet / resnet18 stage widths, e.g. 32,64,128,256; () = the model's default",
     "augmentation": f"augmentation preset of both views: {_choices(augment.PRESETS)}",
     "method.name": (f"training method: {_choices(methods.NAMES)} (simclr: the objective "
-                    "loss.* with weighting.*)"),
+                    "loss.* with weighting.*; mocov2: momentum encoder + queue, Chen et al. "
+                    "2020; nnclr: nearest-neighbour positives, Dwibedi et al. 2021)"),
+    "method.mocov2.momentum": "mocov2: momentum m in [0, 1] of the key encoder's EMA (0.999)",
+    "method.mocov2.queue_size": ("mocov2: K, keys kept as negatives (65536); at least the "
+                                 "global batch (twice it with symmetric)"),
+    "method.mocov2.temperature": "mocov2: softmax temperature t > 0 (0.2)",
+    "method.mocov2.symmetric": ("mocov2: also score view 2's queries against view 1's keys and "
+                                "average (MoCo v2 is asymmetric: False)"),
+    "method.mocov2.batch_negatives": ("mocov2: the batch's other keys are negatives too (MoCo "
+                                      "v2: False, the queue only)"),
+    "method.mocov2.beta": ("mocov2: HCL hardness beta >= 0 of the weights on the batch + queue "
+                           "negatives (Robinson et al. 2021); 0 = uniform (MoCo v2)"),
+    "method.mocov2.tau_plus": "mocov2: debiasing prior tau+ in [0, 1) (HCL: 0.1; MoCo v2: 0)",
+    "method.nnclr.queue_size": "nnclr: support set size (98304); at least the global batch",
+    "method.nnclr.temperature": "nnclr: softmax temperature t > 0 (0.1)",
+    "method.nnclr.predictor_hidden_dim": "nnclr: hidden width of the predictor MLP (4096)",
     "loss.name": f"loss: {_choices(objectives.LOSS_NAMES)}",
     "loss.temperature": "softmax temperature t > 0 of the InfoNCE family and of the weightings",
     "loss.tau_plus": "infonce: debiasing class prior tau+ in [0, 1) (Chuang et al. 2020)",
     "loss.decoupled": "infonce: drop the positive from the denominator (Yeh et al. 2022)",
     "loss.lambda_": "barlow_twins: weight lambda >= 0 of the off-diagonal terms",
+    "loss.vicreg.sim_coeff": "vicreg: weight lambda >= 0 of the invariance (MSE) term (25)",
+    "loss.vicreg.std_coeff": "vicreg: weight mu >= 0 of the variance hinge term (25)",
+    "loss.vicreg.cov_coeff": "vicreg: weight nu >= 0 of the covariance term (1)",
+    "loss.vicreg.gamma": "vicreg: target standard deviation gamma > 0 of each dimension (1)",
+    "loss.vicreg.eps": "vicreg: epsilon > 0 added to each variance under the square root (1e-4)",
     "weighting.name": f"negative weighting: {_choices(weights.REGISTRY)}",
     "weighting.stop_gradient": "treat the negative weights as constants (the official HCL-OT "
                                "and alpha-CL code do; the official HCL code does not)",
