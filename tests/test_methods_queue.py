@@ -32,23 +32,28 @@ def unit(x):
   return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def oracle_query_key(q, k, queue=None, batch_negatives=True, t=0.2, beta=0.0, tau_plus=0.0):
+def oracle_query_key(q, k, queue=None, batch_negatives=True, t=0.2, beta=0.0, tau_plus=0.0,
+                     weights_of=None):
   """Query i: positive k_i; negatives the other keys (batch_negatives) and the queue rows,
-  weighted w_ij = softmax_j(beta s_ij / t); Ng debiased with tau+ and clamped at N e^{-1/t}."""
+  weighted w_ij = softmax_j(beta s_ij / t); Ng debiased with tau+ and clamped at N e^{-1/t}.
+  `weights_of=(q0, k0)`: the weights of those embeddings instead (held constant)."""
+  def negative_sims(q, k):
+    q, k = unit(q), unit(k)
+    sims = [[q[i] @ k[j] for j in range(len(k)) if j != i] if batch_negatives else []
+            for i in range(len(q))]
+    if queue is not None:
+      sims = [row + list(unit(queue) @ q[i]) for i, row in enumerate(sims)]
+    return np.array(sims)
+
+  all_sims = negative_sims(q, k)
+  w = np.exp(beta * negative_sims(*(weights_of or (q, k))) / t)
+  w /= w.sum(axis=1, keepdims=True)
   q, k = unit(q), unit(k)
   total = 0.0
   for i in range(len(q)):
-    sims = []
-    if batch_negatives:
-      sims += [q[i] @ k[j] for j in range(len(k)) if j != i]
-    if queue is not None:
-      sims += [q[i] @ row for row in unit(queue)]
-    sims = np.array(sims)
-    n = len(sims)
-    w = np.exp(beta * sims / t)
-    w /= w.sum()
+    sims, n = all_sims[i], all_sims.shape[1]
     pos = np.exp(q[i] @ k[i] / t)
-    neg = n * np.sum(w * np.exp(sims / t))
+    neg = n * np.sum(w[i] * np.exp(sims / t))
     if tau_plus > 0:
       neg = max((neg - tau_plus * n * pos) / (1 - tau_plus), n * np.exp(-1 / t))
     total += -np.log(pos / (pos + neg))
@@ -83,6 +88,16 @@ def test_query_key_infonce_value_and_gradients_match_the_oracle(case):
   assert rel_err(grads, fd_grad(oracle, q, k)) < 1e-4
   if queue is not None:  # the queue is a constant
     np.testing.assert_array_equal(jax.grad(ours, argnums=2)(q, k, queue), 0.0)
+
+
+def test_detached_hcl_weights_are_constants_of_the_gradient():
+  q, k, queue = embeddings(5)
+  options = dict(queue=queue, batch_negatives=True, beta=1.5, tau_plus=0.1)
+  ours = lambda a, b: query_key_infonce(a, b, stop_gradient_weights=True, **options)
+  oracle = lambda a, b: oracle_query_key(a, b, weights_of=(q, k), **options)
+  value, grads = jax.value_and_grad(ours, argnums=(0, 1))(q, k)
+  np.testing.assert_allclose(float(value), oracle(q, k), rtol=1e-5)
+  assert rel_err(grads, fd_grad(oracle, q, k)) < 1e-4
 
 
 def test_moco_loss_is_cross_entropy_of_the_positive_against_the_queue():

@@ -86,7 +86,8 @@ def test_decorrelated_dimensions_with_large_std_have_no_variance_or_covariance_t
 
 
 def test_variance_hinge_closed_form():
-  """Dimension j scaled to standard deviation s_j exactly: v = mean_j max(0, 1 - sqrt(s_j² + eps))."""
+  """Dimension j scaled to standard deviation s_j exactly:
+  v = mean_j max(0, 1 - sqrt(s_j² + eps))."""
   rng = np.random.default_rng(3)
   x = rng.normal(size=(B, D))
   x = (x - x.mean(0)) / x.std(0, ddof=1) * SCALES
