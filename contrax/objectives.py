@@ -2,7 +2,8 @@
 
 A config holds two sub-dicts (`default_config`):
 
-    loss:      name in LOSS_NAMES; temperature; tau_plus; decoupled; lambda_ (barlow_twins)
+    loss:      name in LOSS_NAMES; temperature; tau_plus; decoupled; lambda_ (barlow_twins);
+               vicreg.{sim_coeff, std_coeff, cov_coeff, gamma, eps} (vicreg)
     weighting: name in `contrax.weights.REGISTRY`; stop_gradient; and one sub-dict per
                weighting with its keyword hyper-parameters, e.g. weighting.ot.epsilon
 
@@ -31,13 +32,14 @@ from contrax import weights
 from contrax.losses.alpha_cl import alpha_surrogate_pairs
 from contrax.losses.barlow import barlow_twins
 from contrax.losses.infonce import infonce_pairs
+from contrax.losses.vicreg import vicreg_loss
 
 __all__ = [
     "LOSS_NAMES", "LossFn", "hyperparameters", "default_config", "PRESETS", "apply_preset",
     "describe", "make", "negative_weights",
 ]
 
-LOSS_NAMES = ("infonce", "alpha_cl", "barlow_twins")
+LOSS_NAMES = ("infonce", "alpha_cl", "barlow_twins", "vicreg")
 LossFn = Callable[..., jax.Array]  # (z1, z2, *, axis_name=None) -> scalar
 # A weighting's `temperature` comes from the loss.
 _SHARED = ("temperature",)
@@ -60,6 +62,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.tau_plus = 0.0      # debiasing prior (Chuang et al. 2020), infonce
   c.loss.decoupled = False   # no positive in the denominator (Yeh et al. 2022), infonce
   c.loss.lambda_ = 5e-3      # off-diagonal weight, barlow_twins
+  # VICReg's weights and hinge (Bardes et al. 2022: lambda = mu = 25, nu = 1, gamma = 1)
+  c.loss.vicreg = ml_collections.ConfigDict(
+      {"sim_coeff": 25.0, "std_coeff": 25.0, "cov_coeff": 1.0, "gamma": 1.0, "eps": 1e-4})
   c.weighting = ml_collections.ConfigDict()
   c.weighting.name = "uniform"
   c.weighting.stop_gradient = False  # treat the weights as constants (jax.lax.stop_gradient)
@@ -93,6 +98,7 @@ PRESETS: dict[str, dict] = {
     "alpha_entropy": {"loss.name": "alpha_cl", "weighting.name": "hcl", "weighting.hcl.beta": 1.0,
                       "weighting.stop_gradient": True},
     "barlow": {"loss.name": "barlow_twins"},
+    "vicreg": {"loss.name": "vicreg"},
 }
 # Fields a preset owns: reset to their defaults before its overrides apply.
 _PRESET_FIELDS = ("loss.name", "loss.tau_plus", "loss.decoupled", "weighting.name",
@@ -185,11 +191,20 @@ def make(config: ml_collections.ConfigDict) -> LossFn:
   """
   lcfg = config.loss
   loss_name = _checks.choice("loss.name", lcfg.name, LOSS_NAMES)
+  if loss_name in ("barlow_twins", "vicreg") and config.weighting.name != "uniform":
+    raise ValueError(f"loss.name={loss_name!r} has no negatives to weigh: weighting.name must "
+                     f"be 'uniform', got {config.weighting.name!r}")
+  if loss_name == "vicreg":
+    hyper = {k: _checks.non_negative(f"loss.vicreg.{k}", lcfg.vicreg[k])
+             for k in ("sim_coeff", "std_coeff", "cov_coeff")}
+    hyper["gamma"] = _checks.positive("loss.vicreg.gamma", lcfg.vicreg.gamma)
+    hyper["eps"] = _checks.positive("loss.vicreg.eps", lcfg.vicreg.eps)
+
+    def vicreg(z1, z2, *, axis_name=None):
+      return vicreg_loss(z1, z2, axis_name=axis_name, **hyper)
+    return vicreg
   if loss_name == "barlow_twins":
     lambda_ = _checks.non_negative("loss.lambda_", lcfg.lambda_)
-    if config.weighting.name != "uniform":
-      raise ValueError("loss.name='barlow_twins' has no negatives to weigh: weighting.name must "
-                       f"be 'uniform', got {config.weighting.name!r}")
 
     def barlow_loss(z1, z2, *, axis_name=None):
       return barlow_twins(z1, z2, lambda_=lambda_, axis_name=axis_name)

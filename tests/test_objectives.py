@@ -85,7 +85,8 @@ def test_every_knob_is_a_command_line_flag(flags, error, tmp_path):
 def test_presets_and_describe():
   assert set(objectives.PRESETS) == {
       "ntxent", "debiased", "decoupled", "hcl", "hcl_detached", "hcl_ot", "quadratic_ot",
-      "alpha_direct", "alpha_inverse_power", "alpha_sparsemax", "alpha_entropy", "barlow"}
+      "alpha_direct", "alpha_inverse_power", "alpha_sparsemax", "alpha_entropy", "barlow",
+      "vicreg"}
   assert objectives.describe(config_of("ntxent")) == "infonce"
   assert objectives.describe(config_of("hcl")) == "infonce+hcl"
   assert objectives.describe(config_of("hcl_detached")) == "infonce+hcl(detached)"

@@ -49,6 +49,8 @@ _MODULES = {
     "byol": "contrax.methods.byol",
     "simsiam": "contrax.methods.simsiam",
     "moco_v3": "contrax.methods.moco_v3",
+    "moco_v2": "contrax.methods.moco_v2",
+    "nnclr": "contrax.methods.nnclr",
 }
 NAMES = tuple(_MODULES)
 

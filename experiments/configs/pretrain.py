@@ -60,7 +60,9 @@ FIELD_HELP = {
     "widths": "convnet / resnet18 stage widths, e.g. 32,64,128,256; () = the model's default",
     "augmentation": f"augmentation preset of both views: {_choices(augment.PRESETS)}",
     "method.name": (f"training method: {_choices(methods.NAMES)} (simclr: the objective "
-                    "loss.* with weighting.*; byol, simsiam, moco_v3: a predictor and their "
+                    "loss.* with weighting.*; byol, simsiam, moco_v3: a predictor; "
+                    "moco_v2: momentum encoder + queue, Chen et al. 2020; nnclr: "
+                    "nearest-neighbour positives, Dwibedi et al. 2021; each with its "
                     "method.<name>.* fields)"),
     "method.byol.base_momentum": ("byol: EMA momentum m0 in [0, 1] of the target network at step "
                                   "0, rising to 1 at `steps` on a cosine (0.996, Grill et al. "
@@ -75,11 +77,30 @@ FIELD_HELP = {
     "method.moco_v3.temperature": "moco_v3: softmax temperature tau > 0 of the InfoNCE (0.2)",
     "method.moco_v3.predictor_hidden_ratio": ("moco_v3: predictor hidden width / projection_dim "
                                               "> 0 (16 = 4096 / 256, Chen, Xie & He 2021)"),
+    "method.moco_v2.momentum": "moco_v2: momentum m in [0, 1] of the key encoder's EMA (0.999)",
+    "method.moco_v2.queue_size": ("moco_v2: K, keys kept as negatives (65536); at least the "
+                                 "global batch (twice it with symmetric)"),
+    "method.moco_v2.temperature": "moco_v2: softmax temperature t > 0 (0.2)",
+    "method.moco_v2.symmetric": ("moco_v2: also score view 2's queries against view 1's keys and "
+                                "average (MoCo v2 is asymmetric: False)"),
+    "method.moco_v2.batch_negatives": ("moco_v2: the batch's other keys are negatives too (MoCo "
+                                      "v2: False, the queue only)"),
+    "method.moco_v2.beta": ("moco_v2: HCL hardness beta >= 0 of the weights on the batch + queue "
+                           "negatives (Robinson et al. 2021); 0 = uniform (MoCo v2)"),
+    "method.moco_v2.tau_plus": "moco_v2: debiasing prior tau+ in [0, 1) (HCL: 0.1; MoCo v2: 0)",
+    "method.nnclr.queue_size": "nnclr: support set size (98304); at least the global batch",
+    "method.nnclr.temperature": "nnclr: softmax temperature t > 0 (0.1)",
+    "method.nnclr.predictor_hidden_dim": "nnclr: hidden width of the predictor MLP (4096)",
     "loss.name": f"loss: {_choices(objectives.LOSS_NAMES)}",
     "loss.temperature": "softmax temperature t > 0 of the InfoNCE family and of the weightings",
     "loss.tau_plus": "infonce: debiasing class prior tau+ in [0, 1) (Chuang et al. 2020)",
     "loss.decoupled": "infonce: drop the positive from the denominator (Yeh et al. 2022)",
     "loss.lambda_": "barlow_twins: weight lambda >= 0 of the off-diagonal terms",
+    "loss.vicreg.sim_coeff": "vicreg: weight lambda >= 0 of the invariance (MSE) term (25)",
+    "loss.vicreg.std_coeff": "vicreg: weight mu >= 0 of the variance hinge term (25)",
+    "loss.vicreg.cov_coeff": "vicreg: weight nu >= 0 of the covariance term (1)",
+    "loss.vicreg.gamma": "vicreg: target standard deviation gamma > 0 of each dimension (1)",
+    "loss.vicreg.eps": "vicreg: epsilon > 0 added to each variance under the square root (1e-4)",
     "weighting.name": f"negative weighting: {_choices(weights.REGISTRY)}",
     "weighting.stop_gradient": "treat the negative weights as constants (the official HCL-OT "
                                "and alpha-CL code do; the official HCL code does not)",
