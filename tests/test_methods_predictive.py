@@ -1,4 +1,4 @@
-"""BYOL, SimSiam and MoCo v3: their losses (contrax.losses.predictive, cross_infonce) against
+"""BYOL, SimSiam and MoCo v3: their losses (contrax.losses.predictive, query_key_infonce) against
 float64 NumPy oracles written from the papers' formulas, closed forms and finite differences;
 one training step against a hand-written reference (EMA target included); 8 devices against
 one; the methods by name through the config and the CLI."""
@@ -19,7 +19,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from contrax import augment, methods, models, parallel, runs, train
-from contrax.losses import byol_loss, cross_infonce, moco_v3_loss, simsiam_loss
+from contrax.losses import byol_loss, moco_v3_loss, query_key_infonce, simsiam_loss
 from contrax.methods import byol, moco_v3, simsiam
 from oracles import fd_grad
 
@@ -91,7 +91,7 @@ def test_closed_forms():
   eye = np.eye(6, dtype=np.float32)
   want = 4 * TAU * math.log1p(5 * math.exp(-1 / TAU))
   np.testing.assert_allclose(moco_v3_loss(eye, eye, eye, eye, temperature=TAU), want, rtol=1e-6)
-  np.testing.assert_allclose(cross_infonce(eye, eye, temperature=TAU), want / (4 * TAU),
+  np.testing.assert_allclose(query_key_infonce(eye, eye, temperature=TAU), want / (4 * TAU),
                              rtol=1e-6)
 
 
@@ -126,7 +126,7 @@ def test_loss_arguments_are_checked():
   with pytest.raises(ValueError, match=r"temperature must be a finite number > 0, got 0"):
     moco_v3_loss(z, z, z, z, temperature=0)
   with pytest.raises(ValueError, match="at least one negative"):
-    cross_infonce(z[:1], z[:1])
+    query_key_infonce(z[:1], z[:1])
 
 
 # ----------------------------------------------------------------------------- training steps

@@ -38,7 +38,7 @@ PUBLIC_API = {
         "PhiPsi", "VICRegTerms", "alignment", "alpha_cl", "alpha_cl_direct",
         "alpha_from_phi_psi", "alpha_from_phi_psi_pairs", "alpha_surrogate",
         "alpha_surrogate_pairs", "barlow", "barlow_twins", "byol_loss", "cross_correlation",
-        "cross_correlation_loss", "cross_infonce", "curl", "curl_block_scores", "curl_loss",
+        "cross_correlation_loss", "curl", "curl_block_scores", "curl_loss",
         "curl_scores", "hinge_loss", "infonce", "infonce_alpha", "infonce_family", "infonce_pairs",
         "lifted_family", "logistic_loss", "mean_classifier", "mine_family", "moco_v3_loss",
         "ntxent", "paper_infonce_one_negative", "phi_psi_loss", "phi_psi_loss_pairs", "predictive",

@@ -17,7 +17,7 @@ from contrax.losses.barlow import (alignment, barlow_twins, cross_correlation,
                                    cross_correlation_loss, paper_infonce_one_negative)
 from contrax.losses.curl import (curl_block_scores, curl_loss, curl_scores, hinge_loss,
                                  logistic_loss, mean_classifier, supervised_multiway_loss)
-from contrax.losses.infonce import (cross_infonce, infonce, infonce_pairs, ntxent,
+from contrax.losses.infonce import (infonce, infonce_pairs, ntxent,
                                     supervised_infonce)
 from contrax.losses.predictive import byol_loss, moco_v3_loss, simsiam_loss
 from contrax.losses.query_key import query_key_infonce
@@ -26,7 +26,7 @@ from contrax.losses.vicreg import VICRegTerms, vicreg_loss, vicreg_terms
 
 __all__ = [
     # InfoNCE family
-    "infonce", "infonce_pairs", "ntxent", "supervised_infonce", "tiled_infonce", "cross_infonce",
+    "infonce", "infonce_pairs", "ntxent", "supervised_infonce", "tiled_infonce",
     # with a predictor: BYOL, SimSiam, MoCo v3
     "byol_loss", "simsiam_loss", "moco_v3_loss",
     # CURL

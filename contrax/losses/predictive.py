@@ -16,7 +16,8 @@ References: Grill et al. 2020, "Bootstrap your own latent: a new approach to sel
 learning" (NeurIPS; eq. 2 and the symmetrised L + L̃); Chen & He 2021, "Exploring simple
 Siamese representation learning" (CVPR; eq. 3-4); Chen, Xie & He 2021, "An empirical study of
 training self-supervised vision transformers" (ICCV; eq. 1 and the official code's
-symmetrised loss scaled by 2τ). `ctr` is `contrax.losses.infonce.cross_infonce`.
+symmetrised loss scaled by 2τ). `ctr` is `contrax.losses.query_key.query_key_infonce` (no queue, the
+batch's other keys as negatives).
 
 The functions are pure and differentiate every argument: the stop-gradient on the targets
 (`sg(t)`, `sg(z)`, `sg(k)` in the papers) is the caller's explicit `jax.lax.stop_gradient`
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 
 from contrax import _checks
 from contrax import pairs as pairs_lib
-from contrax.losses.infonce import cross_infonce
+from contrax.losses.query_key import query_key_infonce
 
 __all__ = ["cosine", "byol_loss", "simsiam_loss", "moco_v3_loss"]
 
@@ -112,5 +113,5 @@ def moco_v3_loss(q1: jax.Array, q2: jax.Array, k1: jax.Array, k2: jax.Array, *,
   """
   _check_four(("q1", "q2", "k1", "k2"), q1, q2, k1, k2)
   t = _checks.check_temperature(temperature)
-  return 2.0 * t * (cross_infonce(q1, k2, temperature=t, axis_name=axis_name)
-                    + cross_infonce(q2, k1, temperature=t, axis_name=axis_name))
+  return 2.0 * t * (query_key_infonce(q1, k2, temperature=t, axis_name=axis_name)
+                    + query_key_infonce(q2, k1, temperature=t, axis_name=axis_name))

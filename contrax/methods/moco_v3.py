@@ -9,7 +9,7 @@ k_v = g_θ̄(f_θ̄(x_v)) (the momentum encoder) of the two views and `x̂ = x /
     θ̄ <- m θ̄ + (1 − m) θ after each update,  m(k) = 1 − (1 − m_0)(cos(π k / K) + 1) / 2
 
 over the global batch of B images, no queue: each device's queries score the keys of every
-device (`contrax.losses.moco_v3_loss`, `contrax.losses.cross_infonce`); the factor 2τ is the
+device (`contrax.losses.moco_v3_loss`, `contrax.losses.query_key_infonce`); the factor 2τ is the
 official code's. The momentum encoder (encoder + projector) is extra state, in training mode
 with BatchNorm's batch statistics and no running averages of its own, as BYOL's target
 (`contrax.methods._teacher`), over the run's K = `steps`.
