@@ -7,8 +7,8 @@ devices, since the loss is a global mean) → optax update → the method's extr
 state + metrics. Beside the method, the step trains an online linear probe on the first view's
 detached encoder features and returns those features and projections, from which `fit`
 computes collapse diagnostics when it logs (`contrax.monitor`). A single device is a mesh of
-size 1: there is one code path. `pretrain`
-composes config → data → run directory (`contrax.runs`) → method (`contrax.methods`) → `fit`.
+size 1: there is one code path. `pretrain` composes config → data → run directory
+(`contrax.runs`) → method (`contrax.methods`) → `fit`.
 
 A run is a pure function of its config and seed: the data order and the augmentation keys
 depend only on (seed, step), so a run resumed from a checkpoint at step k ends with the same
@@ -34,9 +34,9 @@ from contrax import (_checks, augment, data, evaluate, methods, models, monitor,
 
 __all__ = [
     "LossFn", "default_config", "OPTIMIZERS", "make_schedule", "make_optimizer", "create_model",
-    "create_method", "create_probe", "TrainState", "init_state", "make_train_step", "fit", "ConfigError",
-    "validate_config", "pretrain", "checkpoint_manager", "read_metrics", "pretrain_once",
-    "load_trained",
+    "create_method", "create_probe", "TrainState", "init_state", "make_train_step", "fit",
+    "ConfigError", "validate_config", "pretrain", "checkpoint_manager", "read_metrics",
+    "pretrain_once", "load_trained",
 ]
 
 LossFn = objectives.LossFn  # (z1, z2, *, axis_name) -> scalar
@@ -241,7 +241,7 @@ def make_train_step(method: methods.Method, optimizer: optax.GradientTransformat
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     extra = method.update_extra(state.extra, params, outputs, axis_name=axis, step=state.step)
-    features, projections = _first_view_embeddings(state, views, outputs)
+    features, projections = first_view_embeddings(state, views, outputs)
     probe_state, probe_metrics = state.probe, {}
     if probe is not None:
       probe_state, probe_metrics = monitor.probe_step(state.probe, probe, features, labels,
@@ -257,7 +257,7 @@ def make_train_step(method: methods.Method, optimizer: optax.GradientTransformat
                "finite": finite}
     return new_state, metrics, {"features": features, "projections": projections}
 
-  def _first_view_embeddings(state: TrainState, views, outputs):
+  def first_view_embeddings(state: TrainState, views, outputs):
     """(h, z) of the first view, detached: from the outputs if the method says where, else
     one more forward pass of the model (train mode; its BatchNorm statistics dropped)."""
     if method.embeddings is not None:
