@@ -8,7 +8,8 @@ stays fast and does not start JAX; `contrax.losses.infonce` imports `contrax.los
   (uniform, HCL, optimal transport, ...); `ot`: the entropic and quadratic couplings behind them.
 - `objectives`: a config's loss and weighting as one function, with named presets.
 - `augment`, `data`, `models`, `methods`, `parallel`, `train`, `runs`: the training stack.
-- `evaluate`: kNN, linear probe, nearest class centre; `plotting`: the figures.
+- `evaluate`: kNN, linear probe, nearest class centre; `monitor`: the online linear probe and
+  collapse diagnostics (RankMe) of a training step; `plotting`: the figures.
 - `mi`: mutual-information estimators and known-MI tasks; `theory`: diagnostics of the analyses.
 
 `__version__` is the installed package's version (pyproject.toml; read from the source tree's
@@ -17,8 +18,8 @@ pyproject.toml when contrax is not installed).
 from __future__ import annotations
 
 __all__ = [
-    "augment", "data", "evaluate", "losses", "methods", "mi", "models", "objectives", "ot",
-    "pairs", "parallel", "plotting", "runs", "theory", "train", "weights",
+    "augment", "data", "evaluate", "losses", "methods", "mi", "models", "monitor", "objectives",
+    "ot", "pairs", "parallel", "plotting", "runs", "theory", "train", "weights",
 ]
 
 

@@ -12,6 +12,16 @@ statistics), and returns features `[n, D]` in float32:
 - `ResNet18`: the CIFAR variant of He et al. 2016 used by SimCLR (Chen et al. 2020) on
   32x32 images: 3x3 stride-1 stem, no max-pool, BasicBlocks [2, 2, 2, 2] with 64/128/256/512
   channels, global average pooling, 512-d features (11,168,832 parameters).
+- `ResNet50`: the ImageNet ResNet-50 of He et al. 2016 (torchvision's "v1.5": the stride sits
+  in the 3x3 conv of a bottleneck): 7x7/2 stem + 3x3/2 max-pool for 224-pixel inputs (or the
+  CIFAR stem, `stem='cifar'`: 3x3/1, no max-pool), bottleneck blocks [3, 4, 6, 3] with
+  64/128/256/512 inner channels (x4 out), global average pooling, 2048-d features
+  (23,508,032 parameters with the ImageNet stem, as torchvision's trunk without fc).
+- `ViT`: the Vision Transformer of Dosovitskiy et al. 2021 with a CLS token, learned position
+  embeddings and pre-norm blocks; features are the CLS token after the final LayerNorm.
+  `vit_tiny` (width 192, depth 12, 3 heads; 5,524,416 parameters at 224 px with 16-px
+  patches) and `vit_small` (384, 12, 6; 21,665,664), as timm's `vit_{tiny,small}_patch16_224`
+  without their classifier.
 
 `ProjectionHead` is SimCLR's projector g: Linear -> BN -> ReLU -> Linear(projection_dim)
 (BN optional). `ContrastiveModel` pairs an encoder with a head and is what `create` returns.
@@ -40,11 +50,16 @@ from contrax import _checks
 
 __all__ = [
     "MODELS", "PIXEL_MEAN", "PIXEL_SCALE", "Dtype", "normalize_images", "MLP", "ConvNet",
-    "BasicBlock", "ResNet18", "ProjectionHead", "ContrastiveModel", "create", "init_variables",
+    "BasicBlock", "ResNet18", "Bottleneck", "ResNet50", "STEMS", "ViT", "VIT_VARIANTS",
+    "default_patch_size", "ProjectionHead", "ContrastiveModel", "create", "init_variables",
     "NTKMLP", "AllenZhuMLP",
 ]
 
-MODELS = ("mlp", "convnet", "resnet18")
+MODELS = ("mlp", "convnet", "resnet18", "resnet50", "vit_tiny", "vit_small")
+
+# name -> (width, depth, heads) of the ViT variants (Touvron et al. 2021's DeiT-Ti / DeiT-S,
+# the sizes timm and solo-learn call vit_tiny / vit_small).
+VIT_VARIANTS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6)}
 
 PIXEL_MEAN = 0.5
 PIXEL_SCALE = 0.25
@@ -162,6 +177,183 @@ class ResNet18(nn.Module):
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 
+def _initialised_shape(module: nn.Module, *path: str) -> Optional[tuple]:
+  """The shape of the parameter at `path` under `module` if it exists (outside `init`), else
+  None: lets a module read back an architecture choice it made from the image size at init."""
+  tree = module.variables.get("params", {})
+  for key in path:
+    if key not in tree:
+      return None
+    tree = tree[key]
+  return tuple(tree.shape)
+
+
+class Bottleneck(nn.Module):
+  """ResNet bottleneck block (He et al. 2016), torchvision's "v1.5" layout (the stride sits in
+  the 3x3 conv): conv1x1(c)-BN-ReLU-conv3x3(c, stride)-BN-ReLU-conv1x1(4c)-BN plus shortcut
+  (1x1 conv + BN when the shape changes), ReLU after the sum."""
+  channels: int
+  strides: int = 1
+  bn_axis_name: Optional[str] = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    conv = lambda c, k, s, name: nn.Conv(c, (k, k), strides=s, padding=k // 2, use_bias=False,
+                                         dtype=self.dtype, param_dtype=self.param_dtype,
+                                         name=name)
+    bn = lambda name: _batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype, name)
+    out = 4 * self.channels
+    y = nn.relu(bn("bn1")(conv(self.channels, 1, 1, "conv1")(x)))
+    y = nn.relu(bn("bn2")(conv(self.channels, 3, self.strides, "conv2")(y)))
+    y = bn("bn3")(conv(out, 1, 1, "conv3")(y))
+    if self.strides != 1 or x.shape[-1] != out:
+      x = bn("shortcut_bn")(conv(out, 1, self.strides, "shortcut_conv")(x))
+    return nn.relu(x + y)
+
+
+STEMS = ("imagenet", "cifar")
+
+
+class ResNet50(nn.Module):
+  """ResNet-50 (He et al. 2016) with bottleneck blocks [3, 4, 6, 3] and 64/128/256/512 inner
+  channels (256/512/1024/2048 out; stride 2 at the start of stages 2-4), global average
+  pooling -> 2048-d features. Convolutions have no bias (BN follows each one).
+
+  `stem`: 'imagenet' = 7x7/2 conv (64) + BN + ReLU + 3x3/2 max-pool (224-pixel inputs:
+  56x56 after the stem, 7x7 before pooling); 'cifar' = 3x3/1 conv + BN + ReLU, no max-pool
+  (the small-image variant SimCLR and solo-learn use at 32 px). None picks 'cifar' for images
+  of side <= 64 px and 'imagenet' above at init; afterwards the stem is read from the
+  parameters, so a model initialised on 224-px views keeps its stem on 96-px crops.
+  """
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  widths: Sequence[int] = (64, 128, 256, 512)
+  stem: Optional[str] = None
+  bn_axis_name: Optional[str] = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = True) -> jax.Array:
+    _check_images(images, min_rank=4)
+    stem = self.stem
+    if stem is None:
+      kernel = _initialised_shape(self, "stem_conv", "kernel")
+      small = images.shape[1] <= 64 if kernel is None else kernel[0] == 3
+      stem = "cifar" if small else "imagenet"
+    _checks.choice("stem", stem, STEMS)
+    x = normalize_images(images, self.dtype)
+    k, s = (7, 2) if stem == "imagenet" else (3, 1)
+    x = nn.Conv(self.widths[0], (k, k), strides=s, padding=k // 2, use_bias=False,
+                dtype=self.dtype, param_dtype=self.param_dtype, name="stem_conv")(x)
+    x = nn.relu(_batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype,
+                            "stem_bn")(x))
+    if stem == "imagenet":
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+      for block in range(blocks):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = Bottleneck(width, strides, self.bn_axis_name, self.dtype, self.param_dtype,
+                       name=f"stage{stage + 1}_block{block + 1}")(x, train)
+    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
+def default_patch_size(image_side: int) -> int:
+  """The ViT patch size for square images of side `image_side`: 16 from 224 px (ViT-B/16's
+  14x14 grid), else `side // 8` (an 8x8 grid: 4 px at 32 px, as ViTs on CIFAR use), at least 1."""
+  return 16 if image_side >= 224 else max(1, image_side // 8)
+
+
+class _TransformerBlock(nn.Module):
+  """Pre-norm encoder block: x + MHSA(LN(x)), then x + MLP(LN(x)) with MLP = Dense(4d) -> GELU
+  -> Dense(d) (Dosovitskiy et al. 2021, eq. 2-3)."""
+  num_heads: int
+  mlp_ratio: int = 4
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    width = x.shape[-1]
+    dense = lambda features, name: nn.Dense(  # noqa: E731
+        features, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+        kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.normal(1e-6))
+    norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype,  # noqa: E731
+                                     param_dtype=self.param_dtype, name=name)
+    y = norm("norm1")(x)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.xavier_uniform(), deterministic=True, name="attention")(y)
+    x = x + y
+    y = dense(self.mlp_ratio * width, "mlp_in")(norm("norm2")(x))
+    y = dense(width, "mlp_out")(nn.gelu(y, approximate=False))
+    return x + y
+
+
+class ViT(nn.Module):
+  """Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words").
+
+  Images [n, H, W, C] -> non-overlapping p x p patches, each flattened and linearly embedded
+  (`patch_kernel` [p, p, C, d] + bias) -> + learned position embeddings ([gh, gw, d], one per
+  patch) -> a learned CLS token prepended -> `depth` pre-norm blocks (LayerNorm eps 1e-6,
+  `num_heads`-head self-attention, GELU MLP of width 4d) -> final LayerNorm -> the CLS token
+  is the d-dimensional feature. No dropout.
+
+  Parameters: p²Cd + d (patch embedding) + gh·gw·d (positions) + d (CLS) + depth (12d² + 13d)
+  + 2d (final LayerNorm). The CLS token carries no position embedding of its own (a learned
+  constant added to a learned constant; big_vision's layout), so timm's counts are d higher.
+
+  `patch_size` None is chosen from the image side at init (`default_patch_size`: 16 at 224 px,
+  4 at 32 px) and read back from the parameters afterwards. Images whose patch grid differs
+  from the one of init (multi-crop views) get the position embeddings resized bicubically, as
+  DINO does (Caron et al. 2021).
+  """
+  width: int = 192
+  depth: int = 12
+  num_heads: int = 3
+  patch_size: Optional[int] = None
+  mlp_ratio: int = 4
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = True) -> jax.Array:
+    del train  # no BatchNorm or dropout: same function in both modes
+    _check_images(images, min_rank=4)
+    n, height, width, channels = images.shape
+    kernel_shape = _initialised_shape(self, "patch_kernel")
+    p = self.patch_size or (kernel_shape[0] if kernel_shape else default_patch_size(height))
+    _checks.positive_int("patch_size", p)
+    if height % p or width % p:
+      raise ValueError(f"image size {height}x{width} is not divisible by patch_size={p}")
+    if self.width % self.num_heads:
+      raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}")
+    grid_h, grid_w = height // p, width // p
+    x = normalize_images(images, self.dtype)
+    patches = x.reshape(n, grid_h, p, grid_w, p, channels).transpose(0, 1, 3, 2, 4, 5)
+    kernel = self.param("patch_kernel", nn.initializers.lecun_normal(in_axis=(0, 1, 2)),
+                        (p, p, channels, self.width), self.param_dtype)
+    bias = self.param("patch_bias", nn.initializers.zeros, (self.width,), self.param_dtype)
+    tokens = jnp.einsum("nhwijc,ijcd->nhwd", patches, kernel.astype(self.dtype)) + bias.astype(
+        self.dtype)
+    position = self.param("position_embedding", nn.initializers.normal(0.02),
+                          _initialised_shape(self, "position_embedding")
+                          or (grid_h, grid_w, self.width), self.param_dtype)
+    if position.shape[:2] != (grid_h, grid_w):
+      position = jax.image.resize(position, (grid_h, grid_w, self.width), "bicubic")
+    tokens = (tokens + position.astype(self.dtype)).reshape(n, grid_h * grid_w, self.width)
+    cls = self.param("cls_token", nn.initializers.zeros, (self.width,), self.param_dtype)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (n, 1, self.width)), tokens],
+                        axis=1)
+    for i in range(self.depth):
+      x = _TransformerBlock(self.num_heads, self.mlp_ratio, self.dtype, self.param_dtype,
+                            name=f"block{i + 1}")(x)
+    x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="final_norm")(x)
+    return x[:, 0].astype(jnp.float32)
+
+
 class ProjectionHead(nn.Module):
   """SimCLR projector g (Chen et al. 2020): Dense(hidden) -> [BN] -> ReLU -> Dense(projection_dim).
 
@@ -210,7 +402,7 @@ def create(name: str, *, projection_dim: int = 128, hidden_dim: Optional[int] = 
   """Build `ContrastiveModel(encoder=<name>, head=ProjectionHead(...))`.
 
   Args:
-    name: one of `MODELS` ('mlp', 'convnet', 'resnet18').
+    name: one of `MODELS` ('mlp', 'convnet', 'resnet18', 'resnet50', 'vit_tiny', 'vit_small').
     projection_dim: output dimension of the head (128 as in SimCLR).
     hidden_dim: hidden width of the head; None = the encoder's feature dimension.
     head_batch_norm: BN in the head; None = True for the conv encoders, False for 'mlp' (so
@@ -218,7 +410,8 @@ def create(name: str, *, projection_dim: int = 128, hidden_dim: Optional[int] = 
     bn_axis_name: mesh axis over which BN statistics are averaged (e.g. 'data' in shard_map).
     dtype: compute dtype of encoder and head (parameters stay float32).
     **encoder_kwargs: passed to the encoder (`hidden_sizes` for MLP, `widths` for ConvNet,
-      `stage_sizes`/`widths` for ResNet18).
+      `stage_sizes`/`widths` for ResNet18, `stage_sizes`/`widths`/`stem` for ResNet50,
+      `patch_size` (and `depth`, `mlp_ratio`) for the ViTs).
   """
   _checks.choice("name", name, MODELS)
   _checks.positive_int("projection_dim", projection_dim)
@@ -228,8 +421,14 @@ def create(name: str, *, projection_dim: int = 128, hidden_dim: Optional[int] = 
     encoder = MLP(dtype=dtype, **encoder_kwargs)
   elif name == "convnet":
     encoder = ConvNet(bn_axis_name=bn_axis_name, dtype=dtype, **encoder_kwargs)
-  else:
+  elif name == "resnet18":
     encoder = ResNet18(bn_axis_name=bn_axis_name, dtype=dtype, **encoder_kwargs)
+  elif name == "resnet50":
+    encoder = ResNet50(bn_axis_name=bn_axis_name, dtype=dtype, **encoder_kwargs)
+  else:
+    width, depth, heads = VIT_VARIANTS[name]
+    encoder = ViT(**{"width": width, "depth": depth, "num_heads": heads, "dtype": dtype,
+                     **encoder_kwargs})
   if head_batch_norm is None:
     head_batch_norm = name != "mlp"
   head = ProjectionHead(projection_dim=projection_dim, hidden_dim=hidden_dim,

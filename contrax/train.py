@@ -4,8 +4,11 @@ Data flow of a step: uint8 batch sharded over the data axis → jitted `shard_ma
 method's views (per-sample keys derived from the step number and the sample's global index) →
 its networks → its loss (local rows × global columns) → gradients (already summed over
 devices, since the loss is a global mean) → optax update → the method's extra state → new
-state + metrics. A single device is a mesh of size 1: there is one code path. `pretrain`
-composes config → data → run directory (`contrax.runs`) → method (`contrax.methods`) → `fit`.
+state + metrics. Beside the method, the step trains an online linear probe on the first view's
+detached encoder features and returns those features and projections, from which `fit`
+computes collapse diagnostics when it logs (`contrax.monitor`). A single device is a mesh of
+size 1: there is one code path. `pretrain` composes config → data → run directory
+(`contrax.runs`) → method (`contrax.methods`) → `fit`.
 
 A run is a pure function of its config and seed: the data order and the augmentation keys
 depend only on (seed, step), so a run resumed from a checkpoint at step k ends with the same
@@ -26,14 +29,14 @@ import optax
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from contrax import (_checks, augment, data, evaluate, methods, models, objectives, pairs,
-                     parallel, runs)
+from contrax import (_checks, augment, data, evaluate, methods, models, monitor, objectives,
+                     pairs, parallel, runs)
 
 __all__ = [
     "LossFn", "default_config", "OPTIMIZERS", "make_schedule", "make_optimizer", "create_model",
-    "create_method", "TrainState", "init_state", "make_train_step", "fit", "ConfigError",
-    "validate_config", "pretrain", "checkpoint_manager", "read_metrics", "pretrain_once",
-    "load_trained",
+    "create_method", "create_probe", "TrainState", "init_state", "make_train_step", "fit",
+    "ConfigError", "validate_config", "pretrain", "checkpoint_manager", "read_metrics",
+    "pretrain_once", "load_trained",
 ]
 
 LossFn = objectives.LossFn  # (z1, z2, *, axis_name) -> scalar
@@ -49,7 +52,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = "digits"
   c.model = "mlp"
   c.projection_dim = 64
-  c.widths = ()          # convnet / resnet18 stage widths; () = the model's default
+  c.widths = ()          # convnet / resnet stage widths; () = the model's default
+  c.patch_size = 0       # ViT patch size; 0 = by image size (16 at 224 px, 4 at 32 px)
   c.augmentation = "digits"
   c.method = methods.default_config()     # method.name, method.<name>.* (contrax.methods)
   objective = objectives.default_config()  # loss.*, weighting.* (objectives.PRESETS)
@@ -69,6 +73,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.on_nonfinite = "stop"  # or "skip": drop the update of a step whose loss/gradients are not finite
   c.on_bad_file = "skip"   # folder data: skip unreadable/non-image files (reported), or "raise"
   c.knn_k = 200
+  c.online_probe = True  # a linear classifier on detached features, trained in the step
+  c.probe_learning_rate = 1e-3
   c.progress = True
   return c
 
@@ -104,20 +110,40 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def _encoder_options(config: ml_collections.ConfigDict) -> dict:
-  """`{"widths": ...}` if the config sets stage widths (checked), else `{}`."""
+  """`{"widths": ...}` / `{"patch_size": ...}` if the config sets them (checked), else `{}`."""
   widths = tuple(config.get("widths", ()))
   if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
     raise ValueError(f"widths must be positive integers, got {widths!r}")
-  if widths and config.model == "mlp":
-    raise ValueError(f"widths={widths!r} applies to the convnet and resnet18 models, "
-                     "not 'mlp'")
-  return {"widths": widths} if widths else {}
+  if widths and config.model not in ("convnet", "resnet18", "resnet50"):
+    raise ValueError(f"widths={widths!r} applies to the convnet and resnet18 models "
+                     f"(and resnet50), not {config.model!r}")
+  options = {"widths": widths} if widths else {}
+  patch_size = config.get("patch_size", 0)
+  if patch_size:
+    _checks.positive_int("patch_size", patch_size)
+    if config.model not in models.VIT_VARIANTS:
+      raise ValueError(f"patch_size={patch_size!r} applies to the ViT models "
+                       f"({', '.join(models.VIT_VARIANTS)}), not {config.model!r}")
+    options["patch_size"] = int(patch_size)
+  return options
 
 
 def create_model(config: ml_collections.ConfigDict) -> models.ContrastiveModel:
-  """The model of a run: `config.model` with its projection and (if set) stage widths."""
+  """The model of a run: `config.model` with its projection and (if set) stage widths or
+  ViT patch size."""
   return models.create(config.model, projection_dim=config.projection_dim,
                        bn_axis_name=parallel.DATA_AXIS, **_encoder_options(config))
+
+
+def create_probe(config: ml_collections.ConfigDict,
+                 num_classes: int) -> Optional[monitor.OnlineProbe]:
+  """The online linear probe of a run (None if `config.online_probe` is off): Adam at the
+  constant `probe_learning_rate` (Adam's step does not depend on the features' scale, which
+  changes as the encoder trains and differs between encoders)."""
+  if not config.get("online_probe", True):
+    return None
+  lr = _checks.positive("probe_learning_rate", config.get("probe_learning_rate", 1e-3))
+  return monitor.OnlineProbe(num_classes=num_classes, optimizer=optax.adam(lr))
 
 
 def create_method(config: ml_collections.ConfigDict, model) -> methods.Method:
@@ -134,28 +160,39 @@ class TrainState:
   """Everything a step reads and writes; saved whole in checkpoints.
 
   `extra` is the method's state beside the parameters (`Method.init_extra`; `{}` for SimCLR).
+  `probe` is the online linear probe's `{'params', 'opt_state'}` (`monitor.init_probe`; `{}`
+  without a probe).
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   extra: Any = dataclasses.field(default_factory=dict)
+  probe: Any = dataclasses.field(default_factory=dict)
 
   def variables(self) -> dict:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def init_state(method: methods.Method, optimizer, key, image_shape) -> TrainState:
-  """Step 0 of training `method`: its variables (`method.init`), the optimiser's state and
-  the method's extra state (`method.init_extra`)."""
+def init_state(method: methods.Method, optimizer, key, image_shape, *,
+               probe: Optional[monitor.OnlineProbe] = None) -> TrainState:
+  """Step 0 of training `method`: its variables (`method.init`), the optimiser's state, the
+  method's extra state (`method.init_extra`) and, with `probe`, the online probe's state
+  (sized by the encoder's feature dimension)."""
   variables = method.init(key, tuple(image_shape))
   params = variables["params"]
   # Copied: an extra state that starts as the parameters (an EMA target) must not share their
   # buffers, since the step donates the whole state.
   extra = jax.tree.map(jnp.copy, method.init_extra(params))
+  probe_state = {}
+  if probe is not None:
+    features = jax.eval_shape(
+        lambda v: method.model.apply(v, jnp.zeros((1, *image_shape), jnp.float32),
+                                     method="encode"), variables)
+    probe_state = monitor.init_probe(probe, features.shape[-1])
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
-                    opt_state=optimizer.init(params), extra=extra)
+                    opt_state=optimizer.init(params), extra=extra, probe=probe_state)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -164,22 +201,30 @@ def _all_finite(tree) -> jax.Array:
 
 
 def make_train_step(method: methods.Method, optimizer: optax.GradientTransformation, mesh, *,
-                    seed: int):
-  """Return `step(state, images) -> (state, metrics)`, jitted and sharded over `mesh`.
+                    seed: int, probe: Optional[monitor.OnlineProbe] = None):
+  """Return `step(state, images, labels) -> (state, metrics)`, jitted and sharded over `mesh`.
 
   One `jax.shard_map` program for one device, many devices and many processes: each device
-  takes its rows of the uint8 global batch `images` (sharded over the data axis) and runs
-  views (key `fold_in(key(seed), step)`, sample ids = global row indices) → `method.apply`
-  → `method.loss` (a global mean: its gradient is already summed over devices) → optax
-  update → `method.update_extra`. A step whose loss, gradients, updated parameters, optimiser
-  state or extra state are not finite leaves the state unchanged (only `step` advances) and
-  reports `finite = False`; the caller decides whether to stop or go on.
+  takes its rows of the uint8 global batch `images` and of its int `labels` (both sharded
+  over the data axis) and runs views (key `fold_in(key(seed), step)`, sample ids = global row
+  indices) → `method.apply` → `method.loss` (a global mean: its gradient is already summed
+  over devices) → optax update → `method.update_extra`. With `probe`, the online linear probe
+  takes one step of its own optimiser on the first view's encoder features, detached
+  (`monitor.probe_step`; metrics 'probe_loss' and 'probe_accuracy' over the global batch);
+  without it `labels` are not read (None is fine). A step whose loss, gradients, updated
+  parameters, optimiser state, extra state or probe state are not finite leaves the state
+  unchanged (only `step` advances) and reports `finite = False`; the caller decides whether
+  to stop or go on.
+
+  `metrics['embeddings']` holds the first view's features h and projections z as global
+  arrays sharded over the data axis (`{'features', 'projections'}`); `fit` computes the
+  collapse diagnostics from them when it logs, so steps that are not logged pay nothing.
   """
   parallel.check_mesh(mesh)  # a mesh that cannot run here fails before anything is traced
   axis = parallel.DATA_AXIS
   base_key = jax.random.key(seed)
 
-  def local_step(state: TrainState, images):
+  def local_step(state: TrainState, images, labels):
     local = images.shape[0]
     key = jax.random.fold_in(base_key, state.step)
     sample_ids = pairs.device_offset(local, axis) + jnp.arange(local)
@@ -196,18 +241,43 @@ def make_train_step(method: methods.Method, optimizer: optax.GradientTransformat
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     extra = method.update_extra(state.extra, params, outputs, axis_name=axis, step=state.step)
+    features, projections = first_view_embeddings(state, views, outputs)
+    probe_state, probe_metrics = state.probe, {}
+    if probe is not None:
+      probe_state, probe_metrics = monitor.probe_step(state.probe, probe, features, labels,
+                                                      axis_name=axis)
     finite = (jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
-              & _all_finite(opt_state) & _all_finite(extra))
+              & _all_finite(opt_state) & _all_finite(extra) & _all_finite(probe_state))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa
     new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
                            batch_stats=keep(batch_stats, state.batch_stats),
                            opt_state=keep(opt_state, state.opt_state),
-                           extra=keep(extra, state.extra))
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads), "finite": finite}
-    return new_state, metrics
+                           extra=keep(extra, state.extra), probe=keep(probe_state, state.probe))
+    metrics = {**metrics, **probe_metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+               "finite": finite}
+    return new_state, metrics, {"features": features, "projections": projections}
 
-  sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(axis)), out_specs=(P(), P()))
-  return jax.jit(sharded, donate_argnums=(0,))
+  def first_view_embeddings(state: TrainState, views, outputs):
+    """(h, z) of the first view, detached: from the outputs if the method says where, else
+    one more forward pass of the model (train mode; its BatchNorm statistics dropped)."""
+    if method.embeddings is not None:
+      features, projections = method.embeddings(outputs)
+    else:
+      (features, projections), _ = method.model.apply(state.variables(), views[0], train=True,
+                                                      mutable=["batch_stats"])
+    return jax.lax.stop_gradient((features, projections))
+
+  sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(axis), P(axis)),
+                          out_specs=(P(), P(), P(axis)))
+
+  def step(state: TrainState, images, labels=None):
+    if probe is not None and labels is None:
+      raise ValueError("labels=None: the online probe trains on the batch's labels; pass "
+                       "them, or build the step without `probe`")
+    new_state, metrics, embeddings = sharded(state, images, labels)
+    return new_state, {**metrics, "embeddings": embeddings}
+
+  return jax.jit(step, donate_argnums=(0,))
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -217,8 +287,10 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, step_fn, batches, 
         run: runs.Run, *, schedule: optax.Schedule, evaluate_knn: Callable[[TrainState], float]):
   """Run steps `state.step .. config.steps - 1`; returns `(state, train_seconds, images_seen)`.
 
-  Writes a training record {"step", "loss", "grad_norm", "learning_rate", "time"} every
-  `log_every` steps and at the end, an evaluation record {"step", "knn_accuracy"} every
+  Writes a training record {"step", "loss", "grad_norm", "learning_rate", "time", the collapse
+  diagnostics "rankme", "rankme_projections", "projection_std" of the step's global batch
+  (`monitor.collapse_diagnostics`), and with an online probe "probe_loss", "probe_accuracy"}
+  every `log_every` steps and at the end, an evaluation record {"step", "knn_accuracy"} every
   `eval_every` steps (`evaluate_knn(state)`), and a checkpoint every `checkpoint_every` steps
   and at the end. A non-finite step stops the run (FloatingPointError naming the step and
   the last committed checkpoint) or, under on_nonfinite='skip', is reported and dropped.
@@ -248,10 +320,12 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, step_fn, batches, 
   # once before anything that looks at the state (log, evaluation, checkpoint). A
   # non-finite step never changes the state, so the lag cannot let bad values through.
   pending = None
+  diagnostics = jax.jit(lambda e: monitor.collapse_diagnostics(e["features"], e["projections"]),
+                        out_shardings=parallel.replicated(mesh))
   train_seconds, images_seen, step_start = 0.0, 0, time.time()
   for step in range(start_step, config.steps):
-    images, _ = next(batches)
-    state, metrics = step_fn(state, parallel.shard_host_batch(images, mesh))
+    images, labels = next(batches)
+    state, metrics = step_fn(state, *parallel.shard_host_batch((images, labels), mesh))
     if pending is not None:
       check_finite(*pending)
     pending = (step, metrics)
@@ -269,6 +343,10 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, step_fn, batches, 
       record = {"step": done, "loss": float(metrics["loss"]),
                 "grad_norm": float(metrics["grad_norm"]),
                 "learning_rate": float(schedule(step)), "time": run.elapsed()}
+      record.update({k: float(metrics[k]) for k in ("probe_loss", "probe_accuracy")
+                     if k in metrics})
+      if "embeddings" in metrics:
+        record.update({k: float(v) for k, v in diagnostics(metrics["embeddings"]).items()})
       run.log.write(record)
       bar.set_postfix(loss=f"{record['loss']:.4f}")
       step_start = time.time()
@@ -299,6 +377,7 @@ def validate_config(config: ml_collections.ConfigDict):
   _checks.choice("model", config.model, models.MODELS)
   _encoder_options(config)
   augment.get(config.augmentation)
+  _checks.positive("probe_learning_rate", config.get("probe_learning_rate", 1e-3))
   _checks.choice("method.name", config.method.name, methods.NAMES)
   objectives.make(config)
   optimizer = make_optimizer(config)
@@ -353,8 +432,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
   except (ValueError, TypeError, OSError) as e:
     raise ConfigError(str(e)) from e
 
+  probe = create_probe(config, dataset.num_classes)
   state = init_state(method, optimizer, jax.random.fold_in(jax.random.key(config.seed), 1),
-                     dataset.train.image_shape)
+                     dataset.train.image_shape, probe=probe)
   state = jax.device_put(state, parallel.replicated(mesh))
   state = run.restore_latest(state)
   start_step = int(state.step)
@@ -371,7 +451,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
       dataset.train, batch_size=config.batch_size, seed=config.seed, start_step=start_step,
       process_index=jax.process_index(), process_count=jax.process_count()))
   state, train_seconds, images_seen = fit(
-      config, state, make_train_step(method, optimizer, mesh, seed=config.seed), batches,
+      config, state, make_train_step(method, optimizer, mesh, seed=config.seed, probe=probe),
+      batches,
       mesh, run, schedule=make_schedule(config), evaluate_knn=evaluate_knn)
 
   results = evaluate.evaluate_all(model, state.variables(), dataset, knn_k=config.knn_k)

@@ -36,34 +36,31 @@ def dataset():
 
 
 def run_steps(mesh, process_index: int, process_count: int):
-  """`STEPS` training steps of an MLP with cross-replica BatchNorm in its head on `mesh`."""
+  """`STEPS` training steps of an MLP with cross-replica BatchNorm in its head on `mesh`, with
+  an online linear probe on the batches' labels."""
   import jax
-  import jax.numpy as jnp
   import optax
-  from contrax import augment, data, models, parallel, train
+  from contrax import augment, data, models, monitor, parallel, train
   from contrax.losses.infonce import infonce
   from contrax.methods import contrastive
 
   model = models.create("mlp", projection_dim=8, hidden_sizes=(32,), head_batch_norm=True,
                         bn_axis_name=parallel.DATA_AXIS)
   optimizer = optax.sgd(0.5, momentum=0.9)
-  variables = models.init_variables(model, jax.random.key(0), IMAGE_SHAPE)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                           batch_stats=variables["batch_stats"],
-                           opt_state=optimizer.init(variables["params"]))
-  state = jax.device_put(state, parallel.replicated(mesh))
   method = contrastive.method(model, functools.partial(infonce, temperature=0.5, tau_plus=0.1),
                               augment.Augmentation(noise_std=0.05))
-  step = train.make_train_step(method, optimizer, mesh, seed=SEED)
+  probe = monitor.OnlineProbe(num_classes=4, optimizer=optax.adam(0.05))
+  state = train.init_state(method, optimizer, jax.random.key(0), IMAGE_SHAPE, probe=probe)
+  state = jax.device_put(state, parallel.replicated(mesh))
+  step = train.make_train_step(method, optimizer, mesh, seed=SEED, probe=probe)
   batches = data.batches(dataset(), batch_size=GLOBAL_BATCH, seed=SEED,
                          process_index=process_index, process_count=process_count)
   compiled = None
   for _ in range(STEPS):
-    images, _ = next(batches)
-    images = parallel.shard_host_batch(images, mesh)
+    images, labels = parallel.shard_host_batch(next(batches), mesh)
     if compiled is None:
-      compiled = step.lower(state, images).compile(compiler_options=FAST_COMPILE)
-    state, metrics = compiled(state, images)
+      compiled = step.lower(state, images, labels).compile(compiler_options=FAST_COMPILE)
+    state, metrics = compiled(state, images, labels)
     if not bool(metrics["finite"]):
       raise FloatingPointError("non-finite training step")
   return state

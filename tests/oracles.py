@@ -31,3 +31,31 @@ def on_views(weighting):
   def of_views(z1, z2, *, axis_name=None, **hyper):
     return weighting(pairs.build(z1, z2, axis_name=axis_name), **hyper)
   return of_views
+
+
+def rankme(z, eps=1e-7):
+  """RankMe (Garrido et al. 2023) in float64: exp(-Σ p_k log p_k), p_k = σ_k / Σ σ + eps."""
+  singular = np.linalg.svd(np.asarray(z, np.float64), compute_uv=False)
+  p = singular / singular.sum() + eps
+  return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def normalized_std(z):
+  """Mean over dimensions of the population std over rows of z_i / ‖z_i‖ (Chen & He 2021)."""
+  z = np.asarray(z, np.float64)
+  u = z / np.linalg.norm(z, axis=1, keepdims=True)
+  return float(np.mean(np.std(u, axis=0)))
+
+
+def softmax_cross_entropy_grads(h, labels, kernel, bias):
+  """Mean cross-entropy of `h @ kernel + bias` and its gradients, written out in float64:
+  d/dlogits = (softmax - onehot) / n."""
+  h, kernel, bias = (np.asarray(a, np.float64) for a in (h, kernel, bias))
+  logits = h @ kernel + bias
+  logits -= logits.max(axis=1, keepdims=True)
+  probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  onehot = np.eye(kernel.shape[1])[np.asarray(labels)]
+  n = h.shape[0]
+  loss = -np.sum(onehot * np.log(probs)) / n
+  dlogits = (probs - onehot) / n
+  return loss, h.T @ dlogits, dlogits.sum(axis=0)

@@ -60,9 +60,14 @@ PUBLIC_API = {
         "readouts", "sample_label_channel", "smile", "smile_estimate", "smile_tau",
     ],
     "models": [
-        "AllenZhuMLP", "BasicBlock", "ContrastiveModel", "ConvNet", "Dtype", "MLP", "MODELS",
-        "NTKMLP", "PIXEL_MEAN", "PIXEL_SCALE", "ProjectionHead", "ResNet18", "create",
-        "init_variables", "normalize_images",
+        "AllenZhuMLP", "BasicBlock", "Bottleneck", "ContrastiveModel", "ConvNet", "Dtype", "MLP",
+        "MODELS", "NTKMLP", "PIXEL_MEAN", "PIXEL_SCALE", "ProjectionHead", "ResNet18", "ResNet50",
+        "STEMS", "VIT_VARIANTS", "ViT", "create", "default_patch_size", "init_variables",
+        "normalize_images",
+    ],
+    "monitor": [
+        "OnlineProbe", "RANKME_EPS", "collapse_diagnostics", "init_probe", "normalized_std",
+        "probe_logits", "probe_loss", "probe_step", "rankme",
     ],
     "objectives": [
         "LOSS_NAMES", "LossFn", "PRESETS", "apply_preset", "default_config", "describe",
@@ -103,7 +108,7 @@ PUBLIC_API = {
     ],
     "train": [
         "ConfigError", "LossFn", "OPTIMIZERS", "TrainState", "checkpoint_manager",
-        "create_method", "create_model", "default_config", "fit", "init_state", "load_trained",
+        "create_method", "create_model", "create_probe", "default_config", "fit", "init_state", "load_trained",
         "make_optimizer", "make_schedule", "make_train_step", "pretrain", "pretrain_once",
         "read_metrics", "validate_config",
     ],

@@ -250,13 +250,13 @@ def poison_gradients_from(monkeypatch, first_bad_step: int):
   """From step `first_bad_step` on, the step's loss is finite but its gradients are NaN."""
   original = train.make_train_step
 
-  def make_train_step(method, optimizer, mesh, *, seed):
+  def make_train_step(method, optimizer, mesh, *, seed, probe=None):
     def bad_loss(outputs, extra, **kwargs):
-      return method.loss((nan_gradient(outputs[0]), *outputs[1:]), extra, **kwargs)
-    good = original(method, optimizer, mesh, seed=seed)
-    bad = original(method._replace(loss=bad_loss), optimizer, mesh, seed=seed)
-    return lambda state, images: (bad if int(state.step) >= first_bad_step else good)(
-        state, images)
+      return method.loss(jax.tree.map(nan_gradient, outputs), extra, **kwargs)
+    good = original(method, optimizer, mesh, seed=seed, probe=probe)
+    bad = original(method._replace(loss=bad_loss), optimizer, mesh, seed=seed, probe=probe)
+    return lambda state, images, labels: (bad if int(state.step) >= first_bad_step else good)(
+        state, images, labels)
 
   monkeypatch.setattr(train, "make_train_step", make_train_step)
 

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from contrax import objectives, runs, train
+from contrax import models, objectives, runs, train
 from contrax.train import TrainState
 
 
@@ -50,6 +50,8 @@ def restored_state(workdir):
     ("batch_size", 12, "not divisible"),
     ("widths", (8, 16), "applies to the convnet and resnet18 models"),  # the default model: mlp
     ("widths", ("a",), r"widths must be positive integers, got \('a',\)"),
+    ("patch_size", 4, "patch_size=4 applies to the ViT models"),  # the default model: mlp
+    ("probe_learning_rate", 0.0, "probe_learning_rate must be"),
 ])
 def test_bad_config_is_a_clear_error_before_compiling(tmp_path, field, value, match):
   config = tiny_config(**{field: value})
@@ -72,6 +74,61 @@ def test_widths_reach_the_encoder():
   config.widths = (0, 16)
   with pytest.raises(ValueError, match=r"got \(0, 16\)"):
     train.create_model(config)
+
+
+def test_patch_size_reaches_the_vit_and_widths_do_not():
+  config = tiny_config(model="vit_tiny", patch_size=2)
+  assert train.create_model(config).encoder.patch_size == 2
+  config.patch_size = 0  # by image size
+  assert train.create_model(config).encoder.patch_size is None
+  config.widths = (8, 16)
+  with pytest.raises(ValueError, match="not 'vit_tiny'"):
+    train.create_model(config)
+
+
+@pytest.fixture
+def no_final_eval(monkeypatch):
+  """The final kNN / linear probe reads the parameters only; skip it to keep tests short."""
+  from contrax import evaluate
+  monkeypatch.setattr(evaluate, "evaluate_all", lambda *a, **k: {"knn_accuracy": -1.0})
+
+
+MONITOR_KEYS = ("rankme", "rankme_projections", "projection_std")
+PROBE_KEYS = ("probe_loss", "probe_accuracy")
+
+
+def test_training_records_hold_the_probe_and_collapse_diagnostics(tmp_path, no_final_eval):
+  """Every training record has RankMe, the projections' std and the probe's loss and accuracy
+  (tests/test_monitor.py checks their values); the periodic kNN is logged at step 0 and every
+  eval_every steps; the probe's state is in the checkpoint."""
+  train.pretrain(tiny_config(eval_every=3), str(tmp_path))
+  records = runs.read_metrics(str(tmp_path))
+  training = [r for r in records if "loss" in r]
+  assert [r["step"] for r in training] == [2, 4, 6]
+  for record in training:
+    assert all(np.isfinite(record[k]) for k in MONITOR_KEYS + PROBE_KEYS)
+    assert 1.0 <= record["rankme"] <= 32 and 0 < record["projection_std"] <= 1
+    assert 0 <= record["probe_accuracy"] <= 1 and record["probe_loss"] > 0
+  assert [r["step"] for r in records if "knn_accuracy" in r][:2] == [0, 3]
+  probe = restored_state(str(tmp_path))["probe"]
+  assert probe["params"]["kernel"].shape == (512, 10) and np.any(probe["params"]["kernel"])
+
+
+@pytest.mark.slow  # compiling a ViT step: about 40 s of CPU time
+def test_one_pretrain_step_of_a_vit_on_digits(tmp_path, no_final_eval, monkeypatch):
+  """A ViT with 4-px patches on the 8x8 digits (a 2x2 grid + CLS: 5 tokens), the online
+  probe off. vit_tiny narrowed to width 48 and depth 2 for compile time on a CPU (its full
+  size is checked by tests/test_models.py)."""
+  monkeypatch.setitem(models.VIT_VARIANTS, "vit_tiny", (48, 2, 3))
+  train.pretrain(tiny_config(model="vit_tiny", patch_size=4, steps=1, batch_size=16,
+                             log_every=1, checkpoint_every=1, online_probe=False),
+                 str(tmp_path))
+  (record,) = [r for r in runs.read_metrics(str(tmp_path)) if "loss" in r]
+  assert all(np.isfinite(record[k]) for k in ("loss", "grad_norm", *MONITOR_KEYS))
+  assert not any(k in record for k in PROBE_KEYS)
+  state = restored_state(str(tmp_path))
+  assert state["params"]["encoder"]["patch_kernel"].shape == (4, 4, 1, 48)
+  assert not jax.tree.leaves(state["probe"])
 
 
 def test_batch_larger_than_dataset(tmp_path):

@@ -16,6 +16,11 @@ uses (a predictor) under its own top-level key, so `method.model.apply(variables
 evaluates the encoder. Methods are built by functions such as
 `contrax.methods.contrastive.method`.
 
+The step also trains an online linear probe and computes collapse diagnostics
+(`contrax.monitor`) on the first view's encoder features h and projections z. A method whose
+`apply` already computes them says where they are in its outputs (`embeddings`); otherwise
+the step runs `model` on the first view once more for them (no gradient flows from it).
+
 A run picks its method by name from its config, as it picks a weighting:
 
     method.name:           a name in `NAMES` ("simclr": the contrastive objectives; "byol",
@@ -31,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import ml_collections
@@ -74,6 +79,10 @@ class Method(NamedTuple):
     init_extra: `params -> extra` (a pytree; `{}` when the method keeps no extra state).
     update_extra: `(extra, new_params, outputs, *, axis_name, step) -> extra` after the
       optimiser update (the same on every device: reduce over `axis_name` what differs).
+    embeddings: `outputs -> (h, z)`, the first view's encoder features and projections as
+      `apply` computed them (local rows), for the online probe and the collapse
+      diagnostics; None (the default): the step computes them with `model` on the first view
+      in train mode, discarding its BatchNorm statistics (one more forward pass).
   """
   name: str
   model: Any
@@ -84,6 +93,7 @@ class Method(NamedTuple):
   loss: Callable[..., tuple[jax.Array, dict]]
   init_extra: Callable[[Any], Any]
   update_extra: Callable[..., Any]
+  embeddings: Optional[Callable[[Any], tuple[jax.Array, jax.Array]]] = None
 
 
 def model_init(model) -> Callable[[jax.Array, tuple], dict]:

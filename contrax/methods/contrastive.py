@@ -39,26 +39,33 @@ def method(model, loss_fn: LossFn, augmentation: Union[str, augment.Augmentation
 
   Views: `augment.two_views(augmentation, key, images, sample_ids)` (view v of sample i uses
   `fold_in(fold_in(key, v), sample_ids[i])`). Networks: both views go through `model` as one
-  batch `[view1; view2]` (so BatchNorm sees both), giving `z = [z1; z2]`. Loss: `loss_fn(z1, z2,
-  axis_name=axis_name)`, reported as the metric 'loss'. No extra state.
+  batch `[view1; view2]` (so BatchNorm sees both), giving `h = [h1; h2]`, `z = [z1; z2]`;
+  the outputs are `{'projections': (z1, z2), 'features': h1}` (h1 for the online probe).
+  Loss: `loss_fn(z1, z2, axis_name=axis_name)`, reported as the metric 'loss'. No extra state.
   """
   augmentation = augment.get(augmentation)
   return Method(name=name, model=model, num_views=2,
                 views=functools.partial(augment.two_views, augmentation),
                 init=model_init(model), apply=functools.partial(_apply, model),
                 loss=functools.partial(_loss, loss_fn),
-                init_extra=no_extra, update_extra=keep_extra)
+                init_extra=no_extra, update_extra=keep_extra, embeddings=_embeddings)
 
 
 def _apply(model, variables, views, extra):
   del extra
-  (_, proj), updates = model.apply(variables, jnp.concatenate(views), train=True,
-                                   mutable=["batch_stats"])
-  return tuple(jnp.split(proj, len(views))), updates.get("batch_stats", {})
+  (features, proj), updates = model.apply(variables, jnp.concatenate(views), train=True,
+                                          mutable=["batch_stats"])
+  outputs = {"projections": tuple(jnp.split(proj, len(views))),
+             "features": features[:views[0].shape[0]]}
+  return outputs, updates.get("batch_stats", {})
+
+
+def _embeddings(outputs):
+  return outputs["features"], outputs["projections"][0]
 
 
 def _loss(loss_fn, outputs, extra, *, axis_name, step):
   del extra, step
-  z1, z2 = outputs
+  z1, z2 = outputs["projections"]
   loss = loss_fn(z1, z2, axis_name=axis_name)
   return loss, {"loss": loss}

@@ -187,6 +187,7 @@ def measure_contrax_step(name: str, batch: int, config) -> dict:
   method = contrastive.method(model, loss_fn, augment.get("simclr"))
   state = train.init_state(method, optimizer, jax.random.key(config.seed), IMAGE_SHAPE)
   state = jax.device_put(state, parallel.replicated(mesh))
+  # No online probe: the torch twin trains none (the probe adds one [B, D] x [D, C] matmul).
   step = train.make_train_step(method, optimizer, mesh, seed=config.seed)
   images = host_images(batch, config.seed)
   start = time.perf_counter()

@@ -55,9 +55,13 @@ FIELD_HELP = {
     "data": ("data source: digits (embedded, 8x8 grayscale), folder:PATH (one sub-folder of "
              "images per class), npz:PATH (x_train, y_train, x_test, y_test), tfds:NAME "
              f"(TensorFlow Datasets); {_choices(data.SOURCES)}"),
-    "model": f"encoder: {_choices(models.MODELS)}",
+    "model": (f"encoder: {_choices(models.MODELS)} (resnet50 and the ViTs are for 224-px "
+              "images on accelerators; they also run at 32 px)"),
     "projection_dim": "output size of the projection head g (the loss reads z = g(f(x)))",
-    "widths": "convnet / resnet18 stage widths, e.g. 32,64,128,256; () = the model's default",
+    "widths": ("convnet / resnet18 / resnet50 stage widths, e.g. 32,64,128,256; () = the "
+               "model's default"),
+    "patch_size": ("ViT patch size in pixels (vit_tiny, vit_small); 0 = by image size: 16 from "
+                   "224 px, else side / 8 (4 at 32 px)"),
     "augmentation": f"augmentation preset of both views: {_choices(augment.PRESETS)}",
     "method.name": (f"training method: {_choices(methods.NAMES)} (simclr: the objective "
                     "loss.* with weighting.*; byol, simsiam, moco_v3: a predictor; "
@@ -112,7 +116,8 @@ FIELD_HELP = {
     "warmup_steps": "linear warm-up steps from learning rate 0",
     "seed": "seed of the initialisation, data order and augmentations",
     "num_devices": "devices of the data mesh; 0 = all devices JAX sees",
-    "log_every": "steps between training records (loss, grad_norm, learning_rate)",
+    "log_every": ("steps between training records (loss, grad_norm, learning_rate, the online "
+                  "probe's, RankMe and the projections' std)"),
     "eval_every": "steps between kNN evaluations on the test split (and one at step 0); "
                   "0 disables them",
     "checkpoint_every": "steps between checkpoints (one is always written at the end)",
@@ -121,6 +126,9 @@ FIELD_HELP = {
     "on_bad_file": "folder data with unreadable files: skip (reported) or raise; one of raise, "
                    "skip",
     "knn_k": "neighbours of the kNN evaluation",
+    "online_probe": ("train a linear classifier on the detached features of the first view "
+                     "inside each step (probe_loss, probe_accuracy in the training records)"),
+    "probe_learning_rate": "constant Adam learning rate > 0 of the online probe",
     "progress": "show a progress bar",
 }
 
