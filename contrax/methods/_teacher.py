@@ -156,13 +156,15 @@ def method(name: str, model: models.ContrastiveModel, augmentation, *, hidden: i
 
   def apply(variables, views, extra):
     online = model_variables(variables)
-    z, model_stats = apply_per_view(model, online, views, project=True)
+    hz, model_stats = apply_per_view(model, online, views)
+    z = tuple(zv for _, zv in hz)
     p, head_stats = apply_per_view(head, head_variables(variables, PREDICTOR), z)
     if momentum is None:
       targets = tuple(jax.lax.stop_gradient(zv) for zv in z)
     else:
       targets = apply_target(model, extra["target"], online["batch_stats"], views)
-    return {"predictions": p, "targets": targets}, {**model_stats, PREDICTOR: head_stats}
+    outputs = {"predictions": p, "targets": targets, "features": hz[0][0], "projections": z[0]}
+    return outputs, {**model_stats, PREDICTOR: head_stats}
 
   def loss(outputs, extra, *, axis_name, step):
     del extra, step
@@ -174,4 +176,11 @@ def method(name: str, model: models.ContrastiveModel, augmentation, *, hidden: i
                 views=functools.partial(augment.two_views, augmentation),
                 init=init_with_heads(model, {PREDICTOR: head}), apply=apply, loss=loss,
                 init_extra=no_extra if momentum is None else ema_target,
-                update_extra=keep_extra if momentum is None else ema_update(momentum))
+                update_extra=keep_extra if momentum is None else ema_update(momentum),
+                embeddings=first_view_embeddings)
+
+
+def first_view_embeddings(outputs) -> tuple[jax.Array, jax.Array]:
+  """`Method.embeddings` of methods whose outputs hold the first view's encoder features and
+  projections under 'features' and 'projections' (for the online probe and diagnostics)."""
+  return outputs["features"], outputs["projections"]

@@ -39,7 +39,7 @@ import ml_collections
 
 from contrax import _checks, augment
 from contrax.losses.query_key import gather_rows, query_key_infonce
-from contrax.methods import Method, _ema, _queue, model_init
+from contrax.methods import Method, _ema, _queue, _teacher, model_init
 
 # Folded into the run's seed for the queue's initial random keys.
 _QUEUE_SEED = 0x6D6F636F
@@ -94,12 +94,14 @@ def method(model, augmentation, *, seed: int = 0, momentum: float = 0.999,
   def apply(variables, views, extra):
     online = views if symmetric else views[:1]
     keyed = views[::-1] if symmetric else views[1:]  # the key of query v is the other view
-    (_, q), updates = model.apply(variables, jnp.concatenate(online), train=True,
+    (h, q), updates = model.apply(variables, jnp.concatenate(online), train=True,
                                   mutable=["batch_stats"])
+    b = views[0].shape[0]
     target = {"params": jax.lax.stop_gradient(extra["target"]),
               "batch_stats": variables["batch_stats"]}
     (_, k), _ = model.apply(target, jnp.concatenate(keyed), train=True, mutable=["batch_stats"])
-    return {"q": q, "k": jax.lax.stop_gradient(k)}, updates.get("batch_stats", {})
+    outputs = {"q": q, "k": jax.lax.stop_gradient(k), "features": h[:b], "projections": q[:b]}
+    return outputs, updates.get("batch_stats", {})
 
   def loss(outputs, extra, *, axis_name, step):
     del step
@@ -120,4 +122,4 @@ def method(model, augmentation, *, seed: int = 0, momentum: float = 0.999,
   return Method(name="moco_v2", model=model, num_views=2,
                 views=functools.partial(augment.two_views, augmentation),
                 init=model_init(model), apply=apply, loss=loss, init_extra=init_extra,
-                update_extra=update_extra)
+                update_extra=update_extra, embeddings=_teacher.first_view_embeddings)

@@ -34,7 +34,7 @@ import ml_collections
 from contrax import _checks, augment, models, parallel
 from contrax import pairs as pairs_lib
 from contrax.losses.query_key import gather_rows, query_key_infonce
-from contrax.methods import Method, _queue
+from contrax.methods import Method, _queue, _teacher
 
 PREDICTOR = "predictor"
 # Folded into the run's seed for the support set's initial random rows.
@@ -91,13 +91,14 @@ def method(model, augmentation, *, seed: int = 0, queue_size: int = 98304,
     del extra
     params, stats = dict(variables["params"]), dict(variables["batch_stats"])
     head = {"params": params.pop(PREDICTOR), "batch_stats": stats.pop(PREDICTOR)}
-    (_, z), model_updates = model.apply({"params": params, "batch_stats": stats},
+    (h, z), model_updates = model.apply({"params": params, "batch_stats": stats},
                                         jnp.concatenate(views), train=True,
                                         mutable=["batch_stats"])
     p, head_updates = predictor.apply(head, z, train=True, mutable=["batch_stats"])
     batch_stats = {**model_updates.get("batch_stats", {}),
                    PREDICTOR: head_updates["batch_stats"]}
-    return {"z": z, "p": p}, batch_stats
+    b = views[0].shape[0]
+    return {"z": z, "p": p, "features": h[:b], "projections": z[:b]}, batch_stats
 
   def loss(outputs, extra, *, axis_name, step):
     del step
@@ -118,4 +119,4 @@ def method(model, augmentation, *, seed: int = 0, queue_size: int = 98304,
   return Method(name="nnclr", model=model, num_views=2,
                 views=functools.partial(augment.two_views, augmentation),
                 init=init, apply=apply, loss=loss, init_extra=init_extra,
-                update_extra=update_extra)
+                update_extra=update_extra, embeddings=_teacher.first_view_embeddings)
