@@ -45,6 +45,8 @@ __all__ = [
 # import this one for `Method`).
 _MODULES = {
     "simclr": "contrax.methods.contrastive",
+    "swav": "contrax.methods.swav",
+    "dino": "contrax.methods.dino",
 }
 NAMES = tuple(_MODULES)
 
