@@ -15,9 +15,11 @@ be compared with a reference on fixed parameters: `crop_box` / `resized_crop`,
 `augment_batch` vmaps `augment_image` with per-sample keys `fold_in(key, sample_id)`, so a
 sample's view depends only on the key and its global index, never on its position in the
 batch or on how the batch is split across devices. `two_views` draws two independent views
-from `fold_in(key, 0)` and `fold_in(key, 1)`. `Augmentation` is a leafless pytree (its
-fields are static), so `jax.jit(two_views)(get("simclr"), key, images, ids)` works without
-`static_argnums` (a preset *name* is a string, which jit cannot take as a traced argument).
+from `fold_in(key, 0)` and `fold_in(key, 1)`; `multi_crop` draws SwAV/DINO's global and
+local crops (view v from `fold_in(key, v)`, at static per-type sizes). `Augmentation` is a
+leafless pytree (its fields are static), so `jax.jit(two_views)(get("simclr"), key, images,
+ids)` works without `static_argnums` (a preset *name* is a string, which jit cannot take
+as a traced argument).
 
 Geometric ops (crop, translation, flip) are separable 1-D linear resamplings along height
 and width, so inside `augment_image` they are fused into one pass (two taps per axis).
@@ -39,7 +41,7 @@ __all__ = [
     "with_color_strength", "PRESETS", "get", "to_float", "default_kernel_size", "CROP_UNIFORMS",
     "crop_box", "resized_crop", "hflip", "grayscale", "adjust_brightness", "adjust_contrast",
     "adjust_saturation", "adjust_hue", "JITTER_UNIFORMS", "jitter_params", "color_jitter",
-    "gaussian_blur", "augment_image", "augment_batch", "two_views",
+    "gaussian_blur", "augment_image", "augment_batch", "two_views", "MultiCrop", "multi_crop",
 ]
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)   # ITU-R 601-2 luma, as PIL's convert("L")
@@ -297,7 +299,8 @@ def resized_crop(image: jax.Array, box, out_hw: Optional[tuple[int, int]] = None
 
   Bilinear with half-pixel centres (align_corners=False) and edge clamping inside the crop,
   i.e. crop-then-resize as torchvision/PIL; no antialiasing, which matches them whenever the
-  output is at least the crop size (always so in `augment_image`).
+  output is at least the crop size (so in `augment_image` at the input size, and in
+  `multi_crop`'s views whenever a crop's side is at most the view's side).
   """
   _check_image(image)
   height, width, _ = np.shape(image)
@@ -451,28 +454,34 @@ _U_BLUR = _U_GRAY + 1
 _NUM_UNIFORMS = _U_BLUR + 2
 
 
-def augment_image(aug: Augmentation, key: jax.Array, image: jax.Array) -> jax.Array:
-  """One augmented view of one image `[H, W, C]`; returns float32 in [0, 1], same shape.
+def augment_image(aug: Augmentation, key: jax.Array, image: jax.Array,
+                  out_hw: Optional[tuple[int, int]] = None) -> jax.Array:
+  """One augmented view of one image `[H, W, C]`; returns float32 in [0, 1] of shape
+  `[*out_hw, C]` (default: the input's `[H, W, C]`).
 
   All scalar randomness comes from one vector of uniforms drawn from `key` (few RNG call
   sites: faster to compile); ops that are off cost nothing (decided statically from `aug`).
+  With `out_hw`, the crop (or, without a crop, the whole image) is resized bilinearly to
+  `out_hw`, and translation, blur and noise act on the resized view (multi-crop's small views).
   """
   aug = get(aug)
   _check_image(image)
   image = to_float(image)
   height, width, channels = image.shape
+  out_h, out_w = (height, width) if out_hw is None else (
+      _checks.positive_int("out_hw[0]", out_hw[0]), _checks.positive_int("out_hw[1]", out_hw[1]))
   k_uniform, k_noise = jax.random.split(key)
   u = jax.random.uniform(k_uniform, (_NUM_UNIFORMS,))
 
   flip = u[_U_FLIP] < aug.flip_prob
-  if aug.crop_scale is not None or aug.translate > 0:
-    # Crop, translation and flip are fused into one resampling pass.
+  if aug.crop_scale is not None or aug.translate > 0 or (out_h, out_w) != (height, width):
+    # Crop, resize, translation and flip are fused into one resampling pass.
     if aug.crop_scale is not None:
       top, left, h, w = _crop_box(u[_U_CROP:_U_CROP + CROP_UNIFORMS], height, width,
                                   aug.crop_scale, aug.crop_ratio)
-      rows, cols = _resize_taps(top, h, height), _resize_taps(left, w, width)
+      rows, cols = _resize_taps(top, h, out_h), _resize_taps(left, w, out_w)
     else:
-      rows, cols = _resize_taps(0, height, height), _resize_taps(0, width, width)
+      rows, cols = _resize_taps(0, height, out_h), _resize_taps(0, width, out_w)
     if aug.translate > 0:
       span = 2 * aug.translate + 1
       dy, dx = jnp.floor(u[_U_SHIFT:_U_SHIFT + 2] * span).astype(jnp.int32) - aug.translate
@@ -495,7 +504,7 @@ def augment_image(aug: Augmentation, key: jax.Array, image: jax.Array) -> jax.Ar
   if aug.blur_prob > 0:
     lo, hi = aug.blur_sigma
     sigma = lo + (hi - lo) * u[_U_BLUR]
-    size = aug.blur_kernel_size or default_kernel_size(height, width)
+    size = aug.blur_kernel_size or default_kernel_size(out_h, out_w)
     image = jnp.where(u[_U_BLUR + 1] < aug.blur_prob, gaussian_blur(image, sigma, size), image)
 
   if aug.noise_std > 0:
@@ -547,3 +556,81 @@ def _sample_keys(key: jax.Array, sample_ids: jax.Array) -> jax.Array:
 
 def _augment_with_keys(aug: Augmentation, keys: jax.Array, images: jax.Array) -> jax.Array:
   return jax.vmap(lambda k, x: augment_image(aug, k, x))(keys, images)
+
+
+# ----------------------------------------------------------------------------- multi-crop
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class MultiCrop:
+  """Multi-crop views (Caron et al. 2020, "Unsupervised learning of visual features by
+  contrasting cluster assignments", section 3.2): `num_global` crops at `global_size` pixels
+  with random-resized-crop area in `global_scale`, then `num_local` crops at `local_size`
+  pixels with area in `local_scale`.
+
+  Defaults are SwAV's ImageNet ones (`main_swav.py`: 2 x 224 + 6 x 96, scales (0.14, 1) and
+  (0.05, 0.14)) except the sizes: None keeps the input's size (an MLP encoder needs it);
+  e.g. `global_size=224, local_size=96` on ImageNet, `32` and `16` on CIFAR-10 with a
+  convolutional encoder.
+
+  Attributes:
+    num_global, num_local: numbers of crops of each type (num_global >= 1, num_local >= 0).
+    global_size, local_size: side of the square views in pixels; None = the input's H x W.
+    global_scale, local_scale: crop area ranges as fractions of the image, (lo, hi) in (0, 1].
+  """
+  num_global: int = 2
+  global_size: Optional[int] = None
+  global_scale: tuple[float, float] = (0.14, 1.0)
+  num_local: int = 6
+  local_size: Optional[int] = None
+  local_scale: tuple[float, float] = (0.05, 0.14)
+
+  def __post_init__(self):
+    def set_(name, value):
+      object.__setattr__(self, name, value)
+
+    set_("num_global", _checks.positive_int("num_global", self.num_global))
+    set_("num_local", _check_int_at_least("num_local", self.num_local, 0))
+    for name in ("global_size", "local_size"):
+      if getattr(self, name) is not None:
+        set_(name, _checks.positive_int(name, getattr(self, name)))
+    set_("global_scale", _check_range("global_scale", self.global_scale, 0.0, 1.0))
+    set_("local_scale", _check_range("local_scale", self.local_scale, 0.0, 1.0))
+
+  @property
+  def num_views(self) -> int:
+    return self.num_global + self.num_local
+
+
+def multi_crop(aug: Union[str, Augmentation], crops: MultiCrop, key: jax.Array, images,
+               sample_ids) -> tuple[jax.Array, ...]:
+  """`crops.num_global` global views, then `crops.num_local` local views of each image.
+
+  View v (v = 0 .. num_global + num_local - 1, globals first) of sample i is
+  `augment_image(aug with crop_scale = the type's scale, fold_in(fold_in(key, v),
+  sample_ids[i]), image_i, out_hw = the type's size)`, as `two_views` derives its two views:
+  independent of the sample's place in the batch and of the device count. With
+  `global_scale = aug.crop_scale` and `global_size=None`, the first two views are `two_views`'.
+  Each type's views are vmapped over their view keys (one traced pipeline per type).
+
+  Returns a tuple of float32 arrays `[n, S, S, C]` (S: the type's size; the input's H x W
+  when the size is None).
+  """
+  aug = get(aug)
+  if not isinstance(crops, MultiCrop):
+    raise TypeError(f"crops must be a MultiCrop, got {crops!r}")
+  images, sample_ids = _check_batch(images, sample_ids)
+  views = []
+  first = 0
+  for count, size, scale in ((crops.num_global, crops.global_size, crops.global_scale),
+                             (crops.num_local, crops.local_size, crops.local_scale)):
+    if count == 0:
+      continue
+    typed = dataclasses.replace(aug, crop_scale=scale)
+    out_hw = None if size is None else (size, size)
+    view_keys = jnp.stack([jax.random.fold_in(key, v) for v in range(first, first + count)])
+    batch = jax.vmap(lambda k: jax.vmap(
+        lambda kk, x: augment_image(typed, kk, x, out_hw))(_sample_keys(k, sample_ids), images))(
+            view_keys)
+    views.extend(batch[j] for j in range(count))
+    first += count
+  return tuple(views)

@@ -19,11 +19,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PUBLIC_API = {
     "augment": [
-        "Augmentation", "CROP_UNIFORMS", "GRAY_WEIGHTS", "JITTER_UNIFORMS", "NUM_CROP_TRIES",
-        "PRESETS", "adjust_brightness", "adjust_contrast", "adjust_hue", "adjust_saturation",
-        "augment_batch", "augment_image", "check_jitter_strengths", "color_jitter", "crop_box",
+        "Augmentation", "CROP_UNIFORMS", "GRAY_WEIGHTS", "JITTER_UNIFORMS", "MultiCrop",
+        "NUM_CROP_TRIES", "PRESETS", "adjust_brightness", "adjust_contrast", "adjust_hue",
+        "adjust_saturation", "augment_batch", "augment_image", "check_jitter_strengths", "color_jitter", "crop_box",
         "default_kernel_size", "gaussian_blur", "get", "grayscale", "hflip", "jitter_params",
-        "resized_crop", "to_float", "two_views", "with_color_strength",
+        "multi_crop", "resized_crop", "to_float", "two_views", "with_color_strength",
     ],
     "data": [
         "ArraySplit", "IMAGE_EXTENSIONS", "ImageDataset", "SOURCES", "Split", "batches", "load",

@@ -56,6 +56,8 @@ _MODULES = {
     "moco_v3": "contrax.methods.moco_v3",
     "moco_v2": "contrax.methods.moco_v2",
     "nnclr": "contrax.methods.nnclr",
+    "swav": "contrax.methods.swav",
+    "dino": "contrax.methods.dino",
 }
 NAMES = tuple(_MODULES)
 

@@ -50,6 +50,39 @@ def _choices(names) -> str:
   return "one of " + ", ".join(sorted(names))
 
 
+def _method_help() -> dict:
+  """Help of the `method.swav.*` and `method.dino.*` fields (multi-crop fields for both)."""
+  crops = {
+      "num_global_crops": "{m}: number of global crops (the first views; codes/teacher read them)",
+      "global_crop_size": "{m}: side in pixels of the global crops; 0 = the image size",
+      "global_crop_scale": "{m}: area range (lo, hi) of the global crops, fractions of the image",
+      "num_local_crops": "{m}: number of local crops (multi-crop); 0 = none",
+      "local_crop_size": ("{m}: side in pixels of the local crops; 0 = the image size (the mlp "
+                          "encoder needs one size; e.g. 16 on CIFAR with a convnet)"),
+      "local_crop_scale": "{m}: area range (lo, hi) of the local crops, fractions of the image",
+  }
+  out = {f"method.{m}.{k}": v.format(m=m) for m in ("swav", "dino") for k, v in crops.items()}
+  out.update({
+      "method.swav.num_prototypes": "swav: number K of prototypes (unit columns, no bias)",
+      "method.swav.temperature": "swav: temperature > 0 of the swapped-prediction softmax",
+      "method.swav.epsilon": "swav: entropic regularisation eps > 0 of the Sinkhorn-Knopp codes",
+      "method.swav.sinkhorn_iterations": "swav: Sinkhorn-Knopp iterations (on the global batch)",
+      "method.dino.out_dim": "dino: number K of head outputs (prototypes)",
+      "method.dino.hidden_dim": "dino: hidden width of the head's MLP",
+      "method.dino.bottleneck_dim": "dino: L2-normalised bottleneck before the last layer",
+      "method.dino.head_layers": "dino: Dense layers of the head's MLP (incl. the bottleneck)",
+      "method.dino.student_temp": "dino: student softmax temperature > 0",
+      "method.dino.teacher_temp": "dino: teacher temperature > 0 after the warm-up",
+      "method.dino.warmup_teacher_temp": "dino: teacher temperature at step 0",
+      "method.dino.teacher_temp_warmup_steps": ("dino: steps of the linear teacher-temperature "
+                                                "warm-up; 0 = 30% of steps"),
+      "method.dino.center_momentum": "dino: EMA momentum of the centre of the teacher outputs",
+      "method.dino.teacher_momentum": ("dino: base EMA momentum of the teacher, raised to 1 "
+                                       "at the last step by a cosine schedule"),
+  })
+  return out
+
+
 FIELD_HELP = {
     "name": "run name; the default workdir is runs/<name>",
     "data": ("data source: digits (embedded, 8x8 grayscale), folder:PATH (one sub-folder of "
@@ -66,8 +99,8 @@ FIELD_HELP = {
     "method.name": (f"training method: {_choices(methods.NAMES)} (simclr: the objective "
                     "loss.* with weighting.*; byol, simsiam, moco_v3: a predictor; "
                     "moco_v2: momentum encoder + queue, Chen et al. 2020; nnclr: "
-                    "nearest-neighbour positives, Dwibedi et al. 2021; each with its "
-                    "method.<name>.* fields)"),
+                    "nearest-neighbour positives, Dwibedi et al. 2021; swav, dino: multi-crop, "
+                    "Caron et al. 2020, 2021; each with its method.<name>.* fields)"),
     "method.byol.base_momentum": ("byol: EMA momentum m0 in [0, 1] of the target network at step "
                                   "0, rising to 1 at `steps` on a cosine (0.996, Grill et al. "
                                   "2020)"),
@@ -95,6 +128,7 @@ FIELD_HELP = {
     "method.nnclr.queue_size": "nnclr: support set size (98304); at least the global batch",
     "method.nnclr.temperature": "nnclr: softmax temperature t > 0 (0.1)",
     "method.nnclr.predictor_hidden_dim": "nnclr: hidden width of the predictor MLP (4096)",
+    **_method_help(),
     "loss.name": f"loss: {_choices(objectives.LOSS_NAMES)}",
     "loss.temperature": "softmax temperature t > 0 of the InfoNCE family and of the weightings",
     "loss.tau_plus": "infonce: debiasing class prior tau+ in [0, 1) (Chuang et al. 2020)",
