@@ -96,3 +96,15 @@ def test_ema_update_and_byol_cosine_momentum_schedule():
   np.testing.assert_allclose(_ema.cosine_momentum(50, 100, 0.99), 0.995, rtol=1e-6)
   out = _ema.update({"w": jnp.array([1.0, 3.0])}, {"w": jnp.array([3.0, -1.0])}, 0.75)
   np.testing.assert_allclose(out["w"], [1.5, 2.0])
+
+
+def test_every_method_says_where_its_first_view_embeddings_are():
+  """The online probe and the collapse diagnostics read `Method.embeddings`; a method without
+  it would cost every step one more forward pass of the model."""
+  from contrax import methods
+  config = train.default_config()
+  config.steps = 10
+  model = train.create_model(config)
+  for name in methods.NAMES:
+    config.method.name = name
+    assert train.create_method(config, model).embeddings is not None, name

@@ -45,14 +45,17 @@ def check_sizes(model, views, field: str) -> None:
 def forward_groups(fn: Callable, views, batch_stats):
   """`fn(x, batch_stats) -> (y, batch_stats)` on runs of consecutive same-shape views, each run
   concatenated into one batch (so BatchNorm sees all crops of one resolution together, as the
-  reference implementations forward them); returns the per-view outputs and the batch
-  statistics after the last run."""
+  reference implementations forward them); returns the per-view outputs (a tuple per view
+  where `y` is a tuple of arrays) and the batch statistics after the last run."""
   outputs, start = [], 0
   while start < len(views):
     stop = start
     while stop < len(views) and views[stop].shape == views[start].shape:
       stop += 1
     y, batch_stats = fn(jnp.concatenate(views[start:stop]), batch_stats)
-    outputs.extend(jnp.split(y, stop - start))
+    if isinstance(y, tuple):  # several outputs per view: a tuple of them for each view
+      outputs.extend(zip(*(jnp.split(part, stop - start) for part in y)))
+    else:
+      outputs.extend(jnp.split(y, stop - start))
     start = stop
   return tuple(outputs), batch_stats

@@ -135,7 +135,8 @@ def method(model, head: DINOHead, augmentation, crops: augment.MultiCrop, *, tot
       loss=functools.partial(_loss, temps),
       init_extra=functools.partial(_init_extra, head.out_dim),
       update_extra=functools.partial(_update_extra, center_momentum, teacher_momentum,
-                                     total_steps))
+                                     total_steps),
+      embeddings=_embeddings)
 
 
 def _init(model, head, key, image_shape):
@@ -153,26 +154,35 @@ def _init_extra(out_dim, params):
 
 
 def _network(model, head, params, views, batch_stats):
-  """`head(encoder(x))` of each view in train mode; returns the outputs and batch stats."""
+  """`head(encoder(x))` of each view in train mode; returns the outputs, the first view's
+  encoder features and the batch statistics."""
   model_params = {k: v for k, v in params.items() if k != HEAD}
 
   def forward(x, stats):
     h, updates = model.apply({"params": model_params, "batch_stats": stats}, x, True,
                              method="encode", mutable=["batch_stats"])
-    return head.apply({"params": params[HEAD]}, h), updates.get("batch_stats", {})
+    return (head.apply({"params": params[HEAD]}, h), h), updates.get("batch_stats", {})
 
-  return _multicrop.forward_groups(forward, views, batch_stats)
+  outputs, batch_stats = _multicrop.forward_groups(forward, views, batch_stats)
+  return tuple(out for out, _ in outputs), outputs[0][1], batch_stats
 
 
 def _apply(model, head, num_global, variables, views, extra):
   _multicrop.check_sizes(model, views, "method.dino")
-  student, batch_stats = _network(model, head, variables["params"], views,
-                                  variables["batch_stats"])
+  student, features, batch_stats = _network(model, head, variables["params"], views,
+                                            variables["batch_stats"])
   # The teacher in train mode (batch statistics, as the reference runs it); its BN running
   # statistics are not kept.
-  teacher, _ = _network(model, head, jax.lax.stop_gradient(extra["teacher"]),
-                        views[:num_global], variables["batch_stats"])
-  return (student, tuple(jax.lax.stop_gradient(t) for t in teacher)), batch_stats
+  teacher, _, _ = _network(model, head, jax.lax.stop_gradient(extra["teacher"]),
+                           views[:num_global], variables["batch_stats"])
+  return {"student": student, "teacher": tuple(jax.lax.stop_gradient(t) for t in teacher),
+          "features": features}, batch_stats
+
+
+def _embeddings(outputs):
+  """The first view's encoder features, twice: DINO trains no projection head (its head's
+  outputs are distributions over K prototypes), so the diagnostics read the features."""
+  return outputs["features"], outputs["features"]
 
 
 def teacher_temperature(step, *, warmup_teacher_temp: float = 0.04, teacher_temp: float = 0.07,
@@ -216,7 +226,7 @@ def dino_loss(student: Sequence[jax.Array], teacher: Sequence[jax.Array], center
 
 
 def _loss(temps, outputs, extra, *, axis_name, step):
-  student, teacher = outputs
+  student, teacher = outputs["student"], outputs["teacher"]
   temp = teacher_temperature(step, warmup_teacher_temp=temps["warmup_teacher_temp"],
                              teacher_temp=temps["teacher_temp"],
                              warmup_steps=temps["warmup_steps"])
@@ -239,7 +249,7 @@ def update_center(center: jax.Array, teacher: Sequence[jax.Array], momentum: flo
 
 def _update_extra(center_momentum, teacher_momentum, total_steps, extra, params, outputs, *,
                   axis_name, step):
-  _, teacher = outputs
+  teacher = outputs["teacher"]
   momentum = _ema.cosine_momentum(step, total_steps, teacher_momentum)
   return {"teacher": _ema.update(extra["teacher"], params, momentum),
           "center": update_center(extra["center"], teacher, center_momentum,

@@ -47,7 +47,7 @@ import ml_collections
 
 from contrax import _checks, augment, models, pairs
 from contrax.methods import Method, keep_extra, no_extra
-from contrax.methods import _multicrop
+from contrax.methods import _multicrop, _teacher
 
 __all__ = ["default_config", "build", "method", "sinkhorn", "swav_loss", "prototype_scores"]
 
@@ -90,7 +90,7 @@ def method(model, augmentation, crops: augment.MultiCrop, *, num_prototypes: int
       init=functools.partial(_init, model, num_prototypes),
       apply=functools.partial(_apply, model),
       loss=functools.partial(_loss, crops.num_global, temperature, epsilon, sinkhorn_iterations),
-      init_extra=no_extra, update_extra=keep_extra)
+      init_extra=no_extra, update_extra=keep_extra, embeddings=_teacher.first_view_embeddings)
 
 
 def _init(model, num_prototypes, key, image_shape):
@@ -117,17 +117,18 @@ def _apply(model, variables, views, extra):
   model_params = {k: v for k, v in params.items() if k != PROTOTYPES}
 
   def project(x, batch_stats):
-    (_, z), updates = model.apply({"params": model_params, "batch_stats": batch_stats}, x,
+    (h, z), updates = model.apply({"params": model_params, "batch_stats": batch_stats}, x,
                                   train=True, mutable=["batch_stats"])
-    return z, updates.get("batch_stats", {})
+    return (h, z), updates.get("batch_stats", {})
 
-  zs, batch_stats = _multicrop.forward_groups(project, views, variables["batch_stats"])
-  return tuple(prototype_scores(z, params[PROTOTYPES]) for z in zs), batch_stats
+  hz, batch_stats = _multicrop.forward_groups(project, views, variables["batch_stats"])
+  scores = tuple(prototype_scores(z, params[PROTOTYPES]) for _, z in hz)
+  return {"scores": scores, "features": hz[0][0], "projections": hz[0][1]}, batch_stats
 
 
 def _loss(num_global, temperature, epsilon, iterations, outputs, extra, *, axis_name, step):
   del extra, step
-  loss = swav_loss(outputs, num_global=num_global, temperature=temperature, epsilon=epsilon,
+  loss = swav_loss(outputs["scores"], num_global=num_global, temperature=temperature, epsilon=epsilon,
                    num_iterations=iterations, axis_name=axis_name)
   return loss, {"loss": loss}
 
