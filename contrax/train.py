@@ -30,7 +30,8 @@ from contrax import (_checks, augment, data, evaluate, methods, models, objectiv
                      parallel, runs)
 
 __all__ = [
-    "LossFn", "default_config", "OPTIMIZERS", "make_schedule", "make_optimizer", "create_model",
+    "LossFn", "default_config", "OPTIMIZERS", "COMPUTE_DTYPES", "compute_dtype",
+    "make_schedule", "make_optimizer", "create_model",
     "create_method", "TrainState", "init_state", "make_train_step", "fit", "ConfigError",
     "validate_config", "pretrain", "checkpoint_manager", "read_metrics", "pretrain_once",
     "load_trained",
@@ -50,6 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = "mlp"
   c.projection_dim = 64
   c.widths = ()          # convnet / resnet18 stage widths; () = the model's default
+  c.compute_dtype = "float32"  # or "bfloat16": activations and matmuls (params stay float32)
   c.augmentation = "digits"
   c.method = methods.default_config()     # method.name, method.<name>.* (contrax.methods)
   objective = objectives.default_config()  # loss.*, weighting.* (objectives.PRESETS)
@@ -74,6 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "lars")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -114,10 +117,26 @@ def _encoder_options(config: ml_collections.ConfigDict) -> dict:
   return {"widths": widths} if widths else {}
 
 
+def compute_dtype(config: ml_collections.ConfigDict):
+  """The compute dtype of `config.compute_dtype` (one of `COMPUTE_DTYPES`; float32 if unset).
+
+  Mixed precision as in Micikevicius et al. 2018, "Mixed Precision Training", with bfloat16
+  (its float32 exponent range needs no loss scaling): activations and matmuls run in the
+  compute dtype, parameters, gradients and optimiser state stay float32 (flax's
+  `param_dtype`), the projection head returns float32, and the loss side (normalisation,
+  similarities, log-sum-exp, Barlow's statistics) runs in float32 (`contrax.pairs.build` and
+  `contrax.losses.barlow_twins` upcast low-precision inputs).
+  """
+  name = _checks.choice("compute_dtype", config.get("compute_dtype", "float32"), COMPUTE_DTYPES)
+  return COMPUTE_DTYPES[name]
+
+
 def create_model(config: ml_collections.ConfigDict) -> models.ContrastiveModel:
-  """The model of a run: `config.model` with its projection and (if set) stage widths."""
+  """The model of a run: `config.model` with its projection, (if set) stage widths and its
+  compute dtype (`compute_dtype`)."""
   return models.create(config.model, projection_dim=config.projection_dim,
-                       bn_axis_name=parallel.DATA_AXIS, **_encoder_options(config))
+                       bn_axis_name=parallel.DATA_AXIS, dtype=compute_dtype(config),
+                       **_encoder_options(config))
 
 
 def create_method(config: ml_collections.ConfigDict, model) -> methods.Method:
@@ -298,6 +317,7 @@ def validate_config(config: ml_collections.ConfigDict):
   _checks.choice("data source", config.data.split(":", 1)[0], data.SOURCES)
   _checks.choice("model", config.model, models.MODELS)
   _encoder_options(config)
+  compute_dtype(config)
   augment.get(config.augmentation)
   _checks.choice("method.name", config.method.name, methods.NAMES)
   objectives.make(config)

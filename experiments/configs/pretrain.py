@@ -58,6 +58,8 @@ FIELD_HELP = {
     "model": f"encoder: {_choices(models.MODELS)}",
     "projection_dim": "output size of the projection head g (the loss reads z = g(f(x)))",
     "widths": "convnet / resnet18 stage widths, e.g. 32,64,128,256; () = the model's default",
+    "compute_dtype": ("compute dtype of activations and matmuls: float32, or bfloat16 (mixed "
+                      "precision: parameters, optimiser state and the loss stay float32)"),
     "augmentation": f"augmentation preset of both views: {_choices(augment.PRESETS)}",
     "method.name": (f"training method: {_choices(methods.NAMES)} (simclr: the objective "
                     "loss.* with weighting.*)"),
