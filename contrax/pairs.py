@@ -29,7 +29,8 @@ import numpy as np
 from contrax import _checks
 
 __all__ = [
-    "NORM_EPS", "at_least_float32", "l2_normalize", "check_views", "all_gather_rows", "device_offset", "Pairs",
+    "NORM_EPS", "at_least_float32", "l2_normalize", "check_views", "all_gather_rows",
+    "device_offset", "Pairs",
     "build", "local_rows", "check_finite",
 ]
 

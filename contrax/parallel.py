@@ -26,7 +26,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from contrax import _checks
 
 __all__ = [
-    "AXIS_TYPE", "DATA_AXIS", "MODEL_AXIS", "CPU_COLLECTIVES", "make_mesh", "check_mesh", "data_axis_size",
+    "AXIS_TYPE", "DATA_AXIS", "MODEL_AXIS", "CPU_COLLECTIVES", "make_mesh", "check_mesh",
+    "data_axis_size",
     "check_global_batch", "data_sharding", "replicated", "shard_host_batch", "is_chief",
     "initialize_distributed",
 ]

@@ -234,6 +234,18 @@ def make_train_step(method: methods.Method, optimizer: optax.GradientTransformat
 
 def fit(config: ml_collections.ConfigDict, state: TrainState, step_fn, batches, mesh,
         run: runs.Run, *, schedule: optax.Schedule, evaluate_knn: Callable[[TrainState], float]):
+  """`_fit_loop` under a `runs.PreemptionWatch`: on a preemption notice (SIGTERM, or JAX's
+  preemption sync point with several processes) the current step finishes, every process
+  saves its checkpoint at the same step boundary and `runs.Preempted` is raised (the CLI
+  exits 0; `--resume` continues bit-equal to an uninterrupted run)."""
+  with runs.PreemptionWatch() as preemption:
+    return _fit_loop(config, state, step_fn, batches, mesh, run, schedule=schedule,
+                     evaluate_knn=evaluate_knn, preemption=preemption)
+
+
+def _fit_loop(config: ml_collections.ConfigDict, state: TrainState, step_fn, batches, mesh,
+              run: runs.Run, *, schedule: optax.Schedule,
+              evaluate_knn: Callable[[TrainState], float], preemption: runs.PreemptionWatch):
   """Run steps `state.step .. config.steps - 1`; returns `(state, train_seconds, images_seen)`.
 
   Writes a training record {"step", "loss", "grad_norm", "learning_rate", "time"} every
@@ -298,6 +310,14 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, step_fn, batches, 
     if config.checkpoint_every and done % config.checkpoint_every == 0:
       runs.save(run.manager, state)
       last_good = done
+    if preemption.reached(done):  # every process at the same step
+      if pending is not None:
+        check_finite(*pending)
+      if last_good != done:  # not just saved as a regular checkpoint
+        runs.save(run.manager, state)
+      run.manager.wait_until_finished()
+      bar.close()
+      raise runs.Preempted(done, f"{run.path}/checkpoints/{done}")
     bar.update(1)
   bar.close()
   if run.manager.latest_step() != int(state.step):

@@ -89,7 +89,8 @@ def dtypes_of(tree) -> set:
 @pytest.mark.parametrize("model", ["mlp", pytest.param("convnet", marks=pytest.mark.slow)])
 def test_bf16_model_computes_in_bf16_and_keeps_float32_state(model):
   """Parameters, BN statistics and optimiser state float32; matmuls / convolutions on bf16
-  operands; features and projections returned in float32; one step's loss within tolerance of float32."""
+  operands; features and projections returned in float32; one step's loss within tolerance
+  of float32."""
   images = np.random.default_rng(1).integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
   mesh = parallel.make_mesh(1)
   results = {}

@@ -88,8 +88,9 @@ PUBLIC_API = {
         "loss_figure", "save",
     ],
     "runs": [
-        "ConfigError", "MetricsLog", "RESUMABLE_FIELDS", "Run", "checkpoint_manager",
-        "dotted_fields", "finished_summary", "load_variables", "open_run", "read_metrics", "restore", "save",
+        "ConfigError", "MetricsLog", "Preempted", "PreemptionWatch", "RESUMABLE_FIELDS", "Run",
+        "checkpoint_manager", "dotted_fields", "finished_summary", "load_variables", "open_run",
+        "read_metrics", "restore", "save",
         "write_plots",
     ],
     "theory": [
