@@ -29,11 +29,28 @@ import numpy as np
 from contrax import _checks
 
 __all__ = [
-    "NORM_EPS", "l2_normalize", "check_views", "all_gather_rows", "device_offset", "Pairs",
+    "NORM_EPS", "at_least_float32", "l2_normalize", "check_views", "all_gather_rows",
+    "device_offset", "Pairs",
     "build", "local_rows", "check_finite",
 ]
 
 NORM_EPS = 1e-12
+
+
+def at_least_float32(z: jax.Array) -> jax.Array:
+  """`z` in float32 if its dtype is a narrower float (bfloat16, float16), else unchanged.
+
+  Every loss starts here (mixed precision: the network may compute in bfloat16, the loss side
+  does not): normalisation, similarities, log-sum-exp and batch statistics run in float32.
+  bfloat16 keeps 8 significant bits, so `exp(s / t)` and `Σ_j exp(...)` computed in it would
+  be off by ~2⁻⁸ relative per term and lose small negatives' contributions entirely; the
+  upcast costs `[B, D]` converts, nothing next to the `[2B, 2B]` similarities. The gradient
+  flows back through the cast in the input's dtype.
+  """
+  dtype = jnp.result_type(z)
+  if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+    return jnp.asarray(z, jnp.float32)
+  return z
 
 
 def l2_normalize(z: jax.Array, axis: int = -1) -> jax.Array:
@@ -134,13 +151,15 @@ def build(z1: jax.Array, z2: jax.Array, *, axis_name: Optional[str] = None,
   """The local-rows × global-columns geometry of views `z1, z2` (`[b, D]` each).
 
   Args:
-    z1, z2: the two views' embeddings on this device.
+    z1, z2: the two views' embeddings on this device (bfloat16 / float16 are upcast to
+      float32 first: `at_least_float32`).
     axis_name: the data axis under `shard_map` (columns gathered over it), or None.
     normalize: L2-normalise the rows first (`l2_normalize`); False uses them as given.
   Returns:
     a `Pairs`; one all-gather of the `[2b, D]` stacked embeddings runs when `axis_name` is set.
   """
   check_views(z1, z2)
+  z1, z2 = at_least_float32(z1), at_least_float32(z2)  # the loss side stays float32
   if normalize:
     z1, z2 = l2_normalize(z1), l2_normalize(z2)
   b, dim = z1.shape

@@ -21,16 +21,26 @@ from typing import Any, Optional, Sequence, Union
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from contrax import _checks
 
 __all__ = [
-    "DATA_AXIS", "MODEL_AXIS", "CPU_COLLECTIVES", "make_mesh", "check_mesh", "data_axis_size",
+    "AXIS_TYPE", "DATA_AXIS", "MODEL_AXIS", "CPU_COLLECTIVES", "make_mesh", "check_mesh",
+    "data_axis_size",
     "check_global_batch", "data_sharding", "replicated", "shard_host_batch", "is_chief",
     "initialize_distributed",
 ]
 
+# Axis types are given explicitly (jax.make_mesh's default became Explicit in JAX 0.7). Auto:
+# the training step is one `jax.shard_map` over the whole mesh (every axis manual inside), and
+# under `jax.jit` a shard_map on Auto axes reshards its inputs to its `in_specs` as needed (a
+# host array, a state replicated by `device_put`); on Explicit axes it rejects any input whose
+# sharding type differs from `in_specs` (e.g. an unsharded array for P('data'): "in_specs ...
+# does not match the specs of the input"), so every caller of a sharded loss would have to
+# place its inputs first. The step passes its mesh to `jax.shard_map(mesh=...)`, so no ambient
+# mesh (`jax.set_mesh`) is needed.
+AXIS_TYPE = AxisType.Auto
 DATA_AXIS = "data"
 MODEL_AXIS = "model"  # reserved for model parallelism; the step today shards data only
 CPU_COLLECTIVES = ("gloo", "mpi")
@@ -45,6 +55,10 @@ def _process_blocks(devices: Sequence[Any]) -> dict[int, list]:
 
 def make_mesh(num_devices: Optional[int] = None, *, model_axis_size: int = 1) -> Mesh:
   """A mesh over `num_devices` devices (all by default) with data axis `data`.
+
+  Built by `jax.make_mesh` (device order chosen for the physical topology) with the axis
+  types given explicitly, `AXIS_TYPE` (Auto); where that order would split a process's block of the
+  data axis, the devices are kept in process order instead.
 
   With several processes, each process contributes its first `num_devices / process_count`
   local devices, in process order (the layout `check_mesh` requires). With
@@ -68,10 +82,14 @@ def make_mesh(num_devices: Optional[int] = None, *, model_axis_size: int = 1) ->
                      f"the same number of devices), got {num_devices}")
   per_process = num_devices // len(blocks)
   chosen = [d for p in sorted(blocks) for d in blocks[p][:per_process]]
-  if model_axis_size == 1:
-    return Mesh(np.asarray(chosen), (DATA_AXIS,))
-  grid = np.asarray(chosen).reshape(num_devices // model_axis_size, model_axis_size)
-  return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+  shape, names = (num_devices,), (DATA_AXIS,)
+  if model_axis_size > 1:
+    shape, names = (num_devices // model_axis_size, model_axis_size), (DATA_AXIS, MODEL_AXIS)
+  axis_types = (AXIS_TYPE,) * len(shape)
+  try:  # jax.make_mesh orders the devices for the physical topology (e.g. a TPU ring) ...
+    return check_mesh(jax.make_mesh(shape, names, axis_types=axis_types, devices=chosen))
+  except ValueError:  # ... unless that splits a process's block (or spans TPU slices)
+    return Mesh(np.asarray(chosen).reshape(shape), names, axis_types=axis_types)
 
 
 def check_mesh(mesh: Mesh) -> Mesh:

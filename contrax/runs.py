@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from typing import Optional
@@ -36,7 +38,7 @@ from contrax import plotting
 __all__ = [
     "RESUMABLE_FIELDS", "ConfigError", "MetricsLog", "read_metrics", "write_plots",
     "checkpoint_manager", "save", "restore", "Run", "open_run", "finished_summary",
-    "load_variables", "dotted_fields",
+    "load_variables", "dotted_fields", "Preempted", "PreemptionWatch",
 ]
 
 # Fields a resumed run may change: they set how long the run goes on and what it reports, never
@@ -144,14 +146,18 @@ def write_plots(workdir: str) -> list[str]:
 
 
 def checkpoint_manager(workdir: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
-  """orbax manager under `workdir/checkpoints` (any path, made absolute); writes are atomic
-  (temporary directory, then rename).
+  """orbax manager under `workdir/checkpoints` (any path, made absolute); writes are
+  asynchronous (`save` returns once the state is on the host; `wait_until_finished`, or the
+  next save, waits for the write) and atomic (temporary directory, then rename).
 
   A write cut short by a crash leaves only its temporary directory, which `latest_step` never
   returns and which the next manager on this directory deletes.
   """
+  # Asynchronous (orbax's default, set explicitly): `save` copies the state to host memory
+  # and returns; a background thread writes it, so the next steps run during the write.
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                         cleanup_tmp_directories=True)
+                                         cleanup_tmp_directories=True,
+                                         enable_async_checkpointing=True)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                options=options)
 
@@ -169,6 +175,70 @@ def restore(manager: ocp.CheckpointManager, state):
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
   return flax.serialization.from_state_dict(state, restored)
+
+
+# ----------------------------------------------------------------------------- preemption
+
+
+class Preempted(Exception):
+  """A run stopped by a preemption notice (SIGTERM) at a step boundary, its checkpoint at
+  `step` committed; `--resume` continues it as if it had never stopped. The CLI exits 0."""
+
+  def __init__(self, step: int, checkpoint: str):
+    super().__init__(f"preempted: stopped after step {step}, checkpoint {checkpoint} "
+                     "committed; rerun with --resume to continue")
+    self.step, self.checkpoint = step, checkpoint
+
+
+def _jax_preemption_service() -> bool:
+  """Whether JAX's preemption sync manager runs here (`jax.distributed` initialised with
+  `jax_enable_preemption_service`, the default): it catches SIGTERM itself."""
+  return bool(jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service)
+
+
+class PreemptionWatch:
+  """A context that tells the training loop when to stop for a preemption notice (SIGTERM).
+
+  `reached(step)` is called once per step with the number of steps done; when it returns
+  True the loop saves a checkpoint at that step boundary and stops.
+
+  - Several processes (`jax.distributed` initialised): JAX's preemption sync point
+    (`jax.experimental.multihost_utils.reached_preemption_sync_point`). JAX's runtime catches
+    SIGTERM on any process, tells the others through its coordination service, and agrees on
+    the step after the largest step any process has reached; every process returns True at
+    that same step, so all of them checkpoint the same state. (A Python handler would
+    replace JAX's, so none is installed.)
+  - One process: a SIGTERM handler (main thread only, restored on exit) records the notice;
+    `reached` is True at the next step boundary.
+  """
+
+  def __init__(self):
+    self._jax = _jax_preemption_service()
+    self._notice = False
+    self._previous = None
+
+  def __enter__(self) -> "PreemptionWatch":
+    if not self._jax and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+      if self._previous is None:  # a handler installed outside Python: restore the default
+        self._previous = signal.SIG_DFL
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    self._notice = True
+
+  def reached(self, step: int) -> bool:
+    """True if the run should checkpoint and stop after `step` steps (every step calls this)."""
+    if self._jax:
+      from jax.experimental import multihost_utils
+      return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+    return self._notice
 
 
 # ----------------------------------------------------------------------------- a run

@@ -33,10 +33,10 @@ from contrax import (_checks, augment, data, evaluate, methods, models, monitor,
                      pairs, parallel, runs)
 
 __all__ = [
-    "LossFn", "default_config", "OPTIMIZERS", "make_schedule", "make_optimizer", "create_model",
-    "create_method", "create_probe", "TrainState", "init_state", "make_train_step", "fit",
-    "ConfigError", "validate_config", "pretrain", "checkpoint_manager", "read_metrics",
-    "pretrain_once", "load_trained",
+    "LossFn", "default_config", "OPTIMIZERS", "COMPUTE_DTYPES", "compute_dtype",
+    "make_schedule", "make_optimizer", "create_model", "create_method", "create_probe",
+    "TrainState", "init_state", "make_train_step", "fit", "ConfigError", "validate_config",
+    "pretrain", "checkpoint_manager", "read_metrics", "pretrain_once", "load_trained",
 ]
 
 LossFn = objectives.LossFn  # (z1, z2, *, axis_name) -> scalar
@@ -54,6 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.projection_dim = 64
   c.widths = ()          # convnet / resnet stage widths; () = the model's default
   c.patch_size = 0       # ViT patch size; 0 = by image size (16 at 224 px, 4 at 32 px)
+  c.compute_dtype = "float32"  # or "bfloat16": activations and matmuls (params stay float32)
   c.augmentation = "digits"
   c.method = methods.default_config()     # method.name, method.<name>.* (contrax.methods)
   objective = objectives.default_config()  # loss.*, weighting.* (objectives.PRESETS)
@@ -80,6 +81,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "lars")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -128,11 +130,26 @@ def _encoder_options(config: ml_collections.ConfigDict) -> dict:
   return options
 
 
+def compute_dtype(config: ml_collections.ConfigDict):
+  """The compute dtype of `config.compute_dtype` (one of `COMPUTE_DTYPES`; float32 if unset).
+
+  Mixed precision as in Micikevicius et al. 2018, "Mixed Precision Training", with bfloat16
+  (its float32 exponent range needs no loss scaling): activations and matmuls run in the
+  compute dtype, parameters, gradients and optimiser state stay float32 (flax's
+  `param_dtype`), the projection head returns float32, and the loss side (normalisation,
+  similarities, log-sum-exp, Barlow's statistics) runs in float32 (`contrax.pairs.build` and
+  `contrax.losses.barlow_twins` upcast low-precision inputs).
+  """
+  name = _checks.choice("compute_dtype", config.get("compute_dtype", "float32"), COMPUTE_DTYPES)
+  return COMPUTE_DTYPES[name]
+
+
 def create_model(config: ml_collections.ConfigDict) -> models.ContrastiveModel:
-  """The model of a run: `config.model` with its projection and (if set) stage widths or
-  ViT patch size."""
+  """The model of a run: `config.model` with its projection, (if set) stage widths or ViT
+  patch size, and its compute dtype (`compute_dtype`)."""
   return models.create(config.model, projection_dim=config.projection_dim,
-                       bn_axis_name=parallel.DATA_AXIS, **_encoder_options(config))
+                       bn_axis_name=parallel.DATA_AXIS, dtype=compute_dtype(config),
+                       **_encoder_options(config))
 
 
 def create_probe(config: ml_collections.ConfigDict,
@@ -285,6 +302,18 @@ def make_train_step(method: methods.Method, optimizer: optax.GradientTransformat
 
 def fit(config: ml_collections.ConfigDict, state: TrainState, step_fn, batches, mesh,
         run: runs.Run, *, schedule: optax.Schedule, evaluate_knn: Callable[[TrainState], float]):
+  """`_fit_loop` under a `runs.PreemptionWatch`: on a preemption notice (SIGTERM, or JAX's
+  preemption sync point with several processes) the current step finishes, every process
+  saves its checkpoint at the same step boundary and `runs.Preempted` is raised (the CLI
+  exits 0; `--resume` continues bit-equal to an uninterrupted run)."""
+  with runs.PreemptionWatch() as preemption:
+    return _fit_loop(config, state, step_fn, batches, mesh, run, schedule=schedule,
+                     evaluate_knn=evaluate_knn, preemption=preemption)
+
+
+def _fit_loop(config: ml_collections.ConfigDict, state: TrainState, step_fn, batches, mesh,
+              run: runs.Run, *, schedule: optax.Schedule,
+              evaluate_knn: Callable[[TrainState], float], preemption: runs.PreemptionWatch):
   """Run steps `state.step .. config.steps - 1`; returns `(state, train_seconds, images_seen)`.
 
   Writes a training record {"step", "loss", "grad_norm", "learning_rate", "time", the collapse
@@ -357,6 +386,14 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, step_fn, batches, 
     if config.checkpoint_every and done % config.checkpoint_every == 0:
       runs.save(run.manager, state)
       last_good = done
+    if preemption.reached(done):  # every process at the same step
+      if pending is not None:
+        check_finite(*pending)
+      if last_good != done:  # not just saved as a regular checkpoint
+        runs.save(run.manager, state)
+      run.manager.wait_until_finished()
+      bar.close()
+      raise runs.Preempted(done, f"{run.path}/checkpoints/{done}")
     bar.update(1)
   bar.close()
   if run.manager.latest_step() != int(state.step):
@@ -376,6 +413,7 @@ def validate_config(config: ml_collections.ConfigDict):
   _checks.choice("data source", config.data.split(":", 1)[0], data.SOURCES)
   _checks.choice("model", config.model, models.MODELS)
   _encoder_options(config)
+  compute_dtype(config)
   augment.get(config.augmentation)
   _checks.positive("probe_learning_rate", config.get("probe_learning_rate", 1e-3))
   _checks.choice("method.name", config.method.name, methods.NAMES)

@@ -17,7 +17,9 @@ it from its latest checkpoint (same config; more steps allowed), --overwrite rep
 A bad flag, config, output directory or data set prints one `error: ...` line and exits with
 status 2 before anything is compiled; a run stopped by a non-finite loss or update
 (--config.on_nonfinite=stop) prints the step and the last good checkpoint and exits with
-status 1. Runtime and result of the default command on a 2-core CPU: see README.md.
+status 1. A preemption notice (SIGTERM; with several processes, JAX's preemption sync point)
+finishes the current step, checkpoints it on every process and exits with status 0: rerun
+with --resume. Runtime and result of the default command on a 2-core CPU: see README.md.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from contrax import train
+from contrax import runs, train
 
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "pretrain.py")
 _spec = importlib.util.spec_from_file_location("pretrain_configs", CONFIG_FILE)
@@ -113,6 +115,10 @@ def main(argv) -> None:
     fail(e, 2)
   except FloatingPointError as e:  # the non-finite guard stopped the run
     fail(e, 1)
+  except runs.Preempted as e:  # SIGTERM: checkpoint committed at a step boundary
+    if jax.process_index() == 0:
+      print(e, file=sys.stderr)
+    sys.exit(0)
   if jax.process_index() == 0:  # every process holds the same summary
     print(json.dumps(summary, indent=2))
     print(f"run directory: {os.path.abspath(workdir)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,7 +59,8 @@ def worker_command(process_id: int, port: int, out_dir) -> list[str]:
           "--out", str(out_dir)]
 
 
-def run_processes(out_dir, commands: list[list[str]], envs: list[dict]) -> None:
+def run_processes(out_dir, commands: list[list[str]], envs: list[dict], *,
+                  timeout: float = TIMEOUT_SECONDS) -> None:
   """Start one process per command, wait for all (killing them all on a failure or timeout),
   and raise with the tail of each log unless all exit with status 0."""
   log_paths = [os.path.join(out_dir, f"process{i}.log") for i in range(len(commands))]
@@ -68,7 +70,7 @@ def run_processes(out_dir, commands: list[list[str]], envs: list[dict]) -> None:
       with open(path, "w") as log:
         procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                       cwd=REPO))
-    deadline = time.monotonic() + TIMEOUT_SECONDS
+    deadline = time.monotonic() + timeout
     while any(p.poll() is None for p in procs) and time.monotonic() < deadline \
         and all(p.poll() in (None, 0) for p in procs):
       time.sleep(0.2)
@@ -83,7 +85,7 @@ def run_processes(out_dir, commands: list[list[str]], envs: list[dict]) -> None:
     for i, path in enumerate(log_paths):
       with open(path) as log:
         tails.append(f"--- process {i} (exit {codes[i]}):\n" + "".join(log.readlines()[-25:]))
-    raise AssertionError(f"processes failed, or were killed after {TIMEOUT_SECONDS} s:\n"
+    raise AssertionError(f"processes failed, or were killed after {timeout} s:\n"
                          + "\n".join(tails))
 
 
@@ -145,3 +147,66 @@ def test_pretrain_cli_on_two_processes_equals_one_process(tmp_path):
       jax.tree.map(ocp.utils.to_shape_dtype_struct, b)))
   for x, y in zip(worker.leaves(a), worker.leaves(b)):
     assert_close(x, y, "pretrain state: 2 processes vs 1")
+
+
+PREEMPT_FLAGS = dict(steps=8, batch_size=32, log_every=1, eval_every=0, checkpoint_every=100,
+                     progress=False, knn_k=5, compute_dtype="bfloat16")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_checkpoints_both_at_one_step_and_resume_matches(
+    tmp_path):
+  """Preemption on a pod, in bf16: SIGTERM reaches process 1 alone while it is paused after
+  step 2 (tests/_fault_run.py). JAX's preemption service tells process 0, both agree on one
+  step boundary (JAX's preemption sync point), write one checkpoint there (no regular
+  checkpoint falls before step 8) and exit 0; `--resume` on two processes then ends equal to
+  an uninterrupted one-process run on as many devices."""
+  port, run, go = free_port(), tmp_path / "run", tmp_path / "go"
+  command = [sys.executable, os.path.join(REPO, "tests", "_fault_run.py"), "--distributed",
+             "--workdir", str(run)]
+  command += [f"--config.{k}={str(v).lower()}" for k, v in PREEMPT_FLAGS.items()]
+
+  def envs(port, **extra_for_1):
+    return [dict(worker_env(), JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                 JAX_NUM_PROCESSES=str(NUM_PROCESSES), JAX_PROCESS_ID=str(i),
+                 JAX_NUM_CPU_DEVICES=str(LOCAL_DEVICES), CONTRAX_SKIP_FINAL_EVAL="1",
+                 **(extra_for_1 if i == 1 else {})) for i in range(NUM_PROCESSES)]
+
+  procs = []
+  try:
+    for i, env in enumerate(envs(port, CONTRAX_PAUSE_AT_STEP="2", CONTRAX_GO_FILE=str(go))):
+      procs.append(subprocess.Popen(command, env=env, cwd=REPO, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    line = ""
+    while procs[1].poll() is None and "PAUSED AT STEP 2" not in line:
+      line = procs[1].stdout.readline()
+    assert "PAUSED AT STEP 2" in line, "process 1 ended before its pause"
+    os.kill(procs[1].pid, signal.SIGTERM)
+    go.touch()
+    outputs = [p.communicate(timeout=2 * TIMEOUT_SECONDS)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+      p.wait()
+  codes = [p.returncode for p in procs]
+  assert codes == [0, 0], "\n".join(f"--- process {i} (exit {c}):\n{o[-3000:]}"
+                                    for i, (c, o) in enumerate(zip(codes, outputs)))
+  step = runs.checkpoint_manager(str(run)).latest_step()
+  assert step is not None and 2 < step < PREEMPT_FLAGS["steps"], step
+  assert f"preempted: stopped after step {step}" in outputs[0]
+  assert not os.path.exists(run / "summary.json")
+
+  resume = [*command, "--resume"]
+  run_processes(tmp_path, [resume] * NUM_PROCESSES, envs(free_port()),
+                timeout=2 * TIMEOUT_SECONDS)
+  config = train.default_config()
+  config.update(PREEMPT_FLAGS, num_devices=NUM_PROCESSES * LOCAL_DEVICES)
+  train.pretrain(config, str(tmp_path / "reference"))
+  two, one = (runs.checkpoint_manager(str(d)) for d in (run, tmp_path / "reference"))
+  assert two.latest_step() == one.latest_step() == config.steps
+  b = one.restore(config.steps)
+  a = two.restore(config.steps, args=ocp.args.StandardRestore(
+      jax.tree.map(ocp.utils.to_shape_dtype_struct, b)))
+  for x, y in zip(worker.leaves(a), worker.leaves(b)):
+    assert_close(x, y, "bf16 pretrain state: 2 processes preempted and resumed vs 1 process")

@@ -326,6 +326,37 @@ def test_make_mesh_shapes():
   assert parallel.check_mesh(mesh) is mesh
 
 
+def test_make_mesh_axis_types_are_explicitly_auto():
+  """Auto axes: a sharded function takes unplaced inputs (resharded to its in_specs); on
+  jax.make_mesh's default Explicit axes the same call is an error."""
+  auto = jax.sharding.AxisType.Auto
+  assert parallel.make_mesh().axis_types == (auto,)
+  assert parallel.make_mesh(8, model_axis_size=2).axis_types == (auto, auto)
+  z1, z2 = views()
+  ref = float(jax.jit(ntxent)(z1, z2))
+  for mesh in (parallel.make_mesh(N_DEV), jax.make_mesh((N_DEV,), (DATA,))):
+    fn = jax.jit(jax.shard_map(lambda a, b: ntxent(a, b, axis_name=DATA), mesh=mesh,
+                               in_specs=(P(DATA), P(DATA)), out_specs=P()))
+    if mesh.axis_types == (auto,):
+      np.testing.assert_allclose(float(fn(z1, z2)), ref, rtol=1e-5)
+    else:
+      with pytest.raises(ValueError, match="does not match the specs of the input"):
+        fn(z1, z2)
+
+
+def test_deprecation_warnings_from_jax_and_contrax_are_errors_in_the_suite():
+  """pyproject.toml's filterwarnings: a DeprecationWarning attributed to jax, contrax or a test
+  module fails; another package's (here attributed to 'jaxopt', which `jax.*` would match)
+  does not."""
+  import warnings
+  with pytest.raises(DeprecationWarning):
+    warnings.warn("probe", DeprecationWarning)  # attributed to this test module
+  with pytest.raises(DeprecationWarning):
+    warnings.warn_explicit("probe", DeprecationWarning, "jax/_src/x.py", 1, module="jax._src.x")
+  with warnings.catch_warnings(record=True):
+    warnings.warn_explicit("probe", DeprecationWarning, "jaxopt/x.py", 1, module="jaxopt")
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(num_devices=9), r"num_devices must be an integer in \[1, 8\].*got 9"),
     (dict(num_devices=0), r"num_devices must be an integer in \[1, 8\].*got 0"),

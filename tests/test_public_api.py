@@ -80,11 +80,13 @@ PUBLIC_API = {
         "quadratic_coupling", "row_normalised_weights",
     ],
     "pairs": [
-        "NORM_EPS", "Pairs", "all_gather_rows", "build", "check_finite", "check_views",
+        "NORM_EPS", "Pairs", "all_gather_rows", "at_least_float32", "build", "check_finite",
+        "check_views",
         "device_offset", "l2_normalize", "local_rows",
     ],
     "parallel": [
-        "CPU_COLLECTIVES", "DATA_AXIS", "MODEL_AXIS", "check_global_batch", "check_mesh",
+        "AXIS_TYPE", "CPU_COLLECTIVES", "DATA_AXIS", "MODEL_AXIS", "check_global_batch",
+        "check_mesh",
         "data_axis_size", "data_sharding", "initialize_distributed", "is_chief", "make_mesh",
         "replicated", "shard_host_batch",
     ],
@@ -93,8 +95,9 @@ PUBLIC_API = {
         "loss_figure", "save",
     ],
     "runs": [
-        "ConfigError", "MetricsLog", "RESUMABLE_FIELDS", "Run", "checkpoint_manager",
-        "dotted_fields", "finished_summary", "load_variables", "open_run", "read_metrics", "restore", "save",
+        "ConfigError", "MetricsLog", "Preempted", "PreemptionWatch", "RESUMABLE_FIELDS", "Run",
+        "checkpoint_manager", "dotted_fields", "finished_summary", "load_variables", "open_run",
+        "read_metrics", "restore", "save",
         "write_plots",
     ],
     "theory": [
@@ -107,8 +110,9 @@ PUBLIC_API = {
         "sample_tuples", "sample_views", "sigma_hat", "to_sphere", "view_features",
     ],
     "train": [
-        "ConfigError", "LossFn", "OPTIMIZERS", "TrainState", "checkpoint_manager",
-        "create_method", "create_model", "create_probe", "default_config", "fit", "init_state", "load_trained",
+        "COMPUTE_DTYPES", "ConfigError", "LossFn", "OPTIMIZERS", "TrainState",
+        "checkpoint_manager", "compute_dtype", "create_method", "create_model", "create_probe",
+        "default_config", "fit", "init_state", "load_trained",
         "make_optimizer", "make_schedule", "make_train_step", "pretrain", "pretrain_once",
         "read_metrics", "validate_config",
     ],

@@ -188,6 +188,98 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(uninterrupted
   assert_states_equal(a, b)
 
 
+@pytest.mark.slow
+def test_sigkill_during_async_checkpoint_write_while_training_goes_on(uninterrupted_run,
+                                                                     tmp_path):
+  """orbax writes asynchronously: the step after a checkpoint does not wait for the write
+  (steps past it are logged while the write is still in its temporary directory), and a
+  crash during that write leaves the previous checkpoint loadable; --resume completes."""
+  workdir, slow_step = str(tmp_path), 2 * EVERY
+  checkpoints = os.path.join(workdir, "checkpoints")
+  process = subprocess.Popen(
+      [sys.executable, FAULT_RUN, *CLI_FLAGS, "--workdir", workdir], cwd=ROOT,
+      env=subprocess_env(CONTRAX_SKIP_FINAL_EVAL="1", CONTRAX_SLOW_SAVE_AT=str(slow_step)),
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 500
+    while time.time() < deadline and process.poll() is None:
+      if (os.path.isdir(checkpoints) and any(n.startswith(f"{slow_step}.")
+                                             for n in orbax_tmp_dirs(checkpoints))
+          and max(losses(workdir), default=0) > slow_step):
+        break
+      time.sleep(0.005)
+    assert process.poll() is None, "the run ended before its checkpoint write was caught"
+    os.kill(process.pid, signal.SIGKILL)
+  finally:
+    process.kill()
+    process.wait()
+  assert not os.path.exists(os.path.join(checkpoints, str(slow_step))), \
+      "the write committed before the kill; enlarge _fault_run.PADDING_FLOATS"
+  assert max(losses(workdir)) > slow_step  # training went on during the write
+  manager = runs.checkpoint_manager(workdir)
+  assert manager.latest_step() == EVERY
+  assert all_finite(manager.restore(EVERY))
+  resumed = run_cli([*CLI_FLAGS, "--workdir", workdir, "--resume"], script=FAULT_RUN,
+                    CONTRAX_SKIP_FINAL_EVAL="1")
+  assert resumed.returncode == 0, resumed.stderr
+  assert_states_equal(restore(uninterrupted_run), restore(workdir))
+
+
+def test_checkpoint_manager_writes_asynchronously(tmp_path):
+  manager = runs.checkpoint_manager(str(tmp_path))
+  assert manager._options.enable_async_checkpointing  # the option runs.checkpoint_manager sets
+
+
+# ----------------------------------------------------------------------------- 2b. preemption
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_the_step_boundary_exits_0_and_resume_is_bit_equal(uninterrupted_run,
+                                                                            tmp_path):
+  """A real SIGTERM to the running CLI (paused right after step k's record, so the signal
+  lands mid-run): the step finishes, its checkpoint is committed at step k (not a regular
+  checkpoint step), the CLI exits 0 without a summary, and --resume ends bit-equal to the
+  uninterrupted run."""
+  workdir, k = str(tmp_path / "run"), EVERY + 2
+  go = str(tmp_path / "go")
+  process = subprocess.Popen(
+      [sys.executable, FAULT_RUN, *CLI_FLAGS, "--workdir", workdir], cwd=ROOT, text=True,
+      env=subprocess_env(CONTRAX_SKIP_FINAL_EVAL="1", CONTRAX_PAUSE_AT_STEP=str(k),
+                         CONTRAX_GO_FILE=go),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  try:
+    assert process.stdout.readline().strip() == f"PAUSED AT STEP {k}"
+    os.kill(process.pid, signal.SIGTERM)
+    open(go, "w").close()
+    _, stderr = process.communicate(timeout=300)
+  finally:
+    process.kill()
+    process.wait()
+  assert process.returncode == 0, stderr
+  assert f"preempted: stopped after step {k}" in stderr
+  assert runs.checkpoint_manager(workdir).latest_step() == k
+  assert max(losses(workdir)) == k and not os.path.exists(f"{workdir}/summary.json")
+
+  resumed = run_cli([*CLI_FLAGS, "--workdir", workdir, "--resume"], script=FAULT_RUN,
+                    CONTRAX_SKIP_FINAL_EVAL="1")
+  assert resumed.returncode == 0, resumed.stderr
+  a, b = restore(uninterrupted_run), restore(workdir)
+  assert jax.tree.structure(a) == jax.tree.structure(b) and int(b["step"]) == STEPS
+  for x, y in zip(leaves(a), leaves(b)):
+    np.testing.assert_array_equal(x, y)  # bit-equal: same batches, keys and device
+  assert losses(workdir) == losses(uninterrupted_run)
+
+
+def test_preemption_watch_installs_and_restores_a_sigterm_handler():
+  before = signal.getsignal(signal.SIGTERM)
+  with runs.PreemptionWatch() as watch:
+    assert not watch.reached(1)
+    os.kill(os.getpid(), signal.SIGTERM)  # recorded, not fatal
+    time.sleep(0.01)
+    assert watch.reached(2)
+  assert signal.getsignal(signal.SIGTERM) is before
+
+
 def toy_state(value: float, step: int) -> train.TrainState:
   params = {"w": jnp.full((3, 4), value), "b": jnp.arange(4.0) + value}
   return train.TrainState(step=jnp.asarray(step, jnp.int32), params=params, batch_stats={},

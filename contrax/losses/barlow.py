@@ -108,7 +108,7 @@ def barlow_twins(z1: jax.Array, z2: jax.Array, *, lambda_: float = 5e-3, eps: fl
   with the global batch size; the value equals the single-device loss on the global batch.
 
   Args:
-    z1, z2: `[b, D]` embeddings of the two views.
+    z1, z2: `[b, D]` embeddings of the two views (bfloat16 / float16 are upcast to float32).
     lambda_: weight of the off-diagonal (redundancy) term, >= 0 (official 0.0051).
     eps: added to the per-dimension variance, >= 0.
 
@@ -119,6 +119,8 @@ def barlow_twins(z1: jax.Array, z2: jax.Array, *, lambda_: float = 5e-3, eps: fl
   pairs_lib.check_finite("z1", z1)
   pairs_lib.check_finite("z2", z2)
   _check_batch_statistics("z1", z1, axis_name)
+  # Batch statistics in float32 even from a bfloat16 network (mixed precision).
+  z1, z2 = pairs_lib.at_least_float32(z1), pairs_lib.at_least_float32(z2)
   c = cross_correlation(z1, z2, eps=eps, axis_name=axis_name)
   on, off = _redundancy_terms(c)
   return on + lambda_ * off

@@ -95,6 +95,8 @@ FIELD_HELP = {
                "model's default"),
     "patch_size": ("ViT patch size in pixels (vit_tiny, vit_small); 0 = by image size: 16 from "
                    "224 px, else side / 8 (4 at 32 px)"),
+    "compute_dtype": ("compute dtype of activations and matmuls: float32, or bfloat16 (mixed "
+                      "precision: parameters, optimiser state and the loss stay float32)"),
     "augmentation": f"augmentation preset of both views: {_choices(augment.PRESETS)}",
     "method.name": (f"training method: {_choices(methods.NAMES)} (simclr: the objective "
                     "loss.* with weighting.*; byol, simsiam, moco_v3: a predictor; "
