@@ -294,3 +294,15 @@ def test_dino_step_on_8_devices_equals_one_device():
     m = 1 - (1 - 0.996) * (math.cos(math.pi * (k - 1) / config.steps) + 1) / 2
     teacher = jax.tree.map(lambda t, p: m * t + (1 - m) * p, teacher, states[k].params)
   _assert_trees_close(one.extra["teacher"], teacher)
+
+
+def test_mlp_encoder_refuses_crops_of_two_sizes():
+  """The MLP flattens one image size: local crops at another size name the config fields."""
+  model = models.create("mlp", projection_dim=4, hidden_sizes=(8,))
+  for name, hyper in (("swav", dict(num_prototypes=4)), ("dino", DINO)):
+    method = methods.create(_config(name, **{**hyper, "num_local_crops": 1,
+                                             "local_crop_size": 6}), model)
+    variables = method.init(jax.random.key(0), (8, 8, 1))
+    views = (jnp.zeros((2, 8, 8, 1)),) * 2 + (jnp.zeros((2, 6, 6, 1)),)
+    with pytest.raises(ValueError, match=f"method.{name}.global_crop_size / local_crop_size"):
+      method.apply(variables, views, method.init_extra(variables["params"]))
