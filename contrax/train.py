@@ -326,8 +326,9 @@ def _fit_loop(config: ml_collections.ConfigDict, state: TrainState, step_fn, bat
   `train_seconds` / `images_seen` exclude the first logging interval (it holds compilation).
   """
   start_step = int(state.step)
+  label = (config.method.name if config.method.name != "simclr" else objectives.describe(config))
   bar = tqdm(total=config.steps, initial=start_step, disable=not (config.progress and run.is_chief),
-             desc=f"{config.name} {objectives.describe(config)}", unit="step", dynamic_ncols=True)
+             desc=f"{config.name} {label}", unit="step", dynamic_ncols=True)
   last_good = run.manager.latest_step()
 
   def check_finite(step: int, metrics) -> None:

@@ -37,7 +37,18 @@ METRICS = {"knn_accuracy": "kNN acc.", "linear_accuracy": "linear acc.",
            "wall_seconds": "wall s / run"}
 REFERENCE = "simclr"
 # Cells that are not a registered method: objectives of the contrastive method.
-LOSS_CELLS = {"barlow_twins": {"preset": "barlow"}}
+LOSS_CELLS = {"barlow_twins": {"preset": "barlow"}, "vicreg": {"preset": "vicreg"}}
+# The papers' defaults are sized for ImageNet: queues of 65,536 keys (the digits training split
+# has 1,347 images, so such a queue would hold mostly its random initial keys for hundreds of
+# steps) and DINO's 65,536-way head over 2 + 8 crops (20 steps take minutes on a CPU). On CPU
+# budgets the study scales them down; `--config.paper_sizes=true` keeps the papers' sizes.
+CPU_SIZES = {
+    "moco_v2": {"method.moco_v2.queue_size": 1024},
+    "nnclr": {"method.nnclr.queue_size": 1024, "method.nnclr.predictor_hidden_dim": 256},
+    "swav": {"method.swav.num_prototypes": 300},
+    "dino": {"method.dino.out_dim": 1024, "method.dino.hidden_dim": 256,
+             "method.dino.bottleneck_dim": 64, "method.dino.num_local_crops": 2},
+}
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -49,13 +60,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 0
   c.progress = False
   c.methods = ""  # comma-separated names; "" = every registered method and LOSS_CELLS
+  c.paper_sizes = False  # True: the papers' queue and head sizes (CPU_SIZES not applied)
   c.seeds = (0, 1, 2)
   return c
 
 
 def cells(config) -> dict[str, dict]:
   """Method name -> its cell (`method.name`, or a loss preset of the contrastive method)."""
-  every = {name: {"method.name": name} for name in methods.NAMES}
+  every = {name: {"method.name": name,
+                  **({} if config.paper_sizes else CPU_SIZES.get(name, {}))}
+           for name in methods.NAMES}
   every.update(LOSS_CELLS)
   chosen = tuple(m.strip() for m in config.methods.split(",") if m.strip()) or tuple(every)
   unknown = [m for m in chosen if m not in every]

@@ -27,7 +27,11 @@ def load_experiment():
 def test_cells_are_every_method_plus_barlow_and_refuse_unknown_names():
   study = load_experiment()
   config = study.get_config()
-  assert list(study.cells(config)) == [*methods.NAMES, "barlow_twins"]
+  cells = study.cells(config)
+  assert list(cells) == [*methods.NAMES, "barlow_twins", "vicreg"]
+  assert cells["dino"]["method.dino.out_dim"] == 1024  # CPU sizes unless paper_sizes
+  config.paper_sizes = True
+  assert study.cells(config)["dino"] == {"method.name": "dino"}
   config.methods = "barlow_twins"
   assert list(study.cells(config)) == ["simclr", "barlow_twins"]  # the reference is always run
   config.methods = "simclr,nope"
@@ -42,7 +46,7 @@ def test_every_method_trains_and_is_compared_with_simclr(tmp_path):
   config.steps, config.batch_size, config.log_every, config.knn_k = 4, 32, 2, 10
   config.seeds = (0,)
   summary = study.run(config, str(tmp_path))
-  names = [*methods.NAMES, "barlow_twins"]
+  names = [*methods.NAMES, "barlow_twins", "vicreg"]
   assert list(summary["stats"]) == names
   for name in names:
     stats = summary["stats"][name]
