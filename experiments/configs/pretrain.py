@@ -53,8 +53,10 @@ def _choices(names) -> str:
 FIELD_HELP = {
     "name": "run name; the default workdir is runs/<name>",
     "data": ("data source: digits (embedded, 8x8 grayscale), folder:PATH (one sub-folder of "
-             "images per class), npz:PATH (x_train, y_train, x_test, y_test), tfds:NAME "
-             f"(TensorFlow Datasets); {_choices(data.SOURCES)}"),
+             "images per class, one size, read into memory), npz:PATH (x_train, y_train, "
+             "x_test, y_test), tfds:NAME (TensorFlow Datasets), imagefolder:PATH (photos of "
+             "any size, decoded lazily: PATH/{train,val}/<class>/* or PATH/<class>/*, cropped "
+             f"to image_size on the host); {_choices(data.SOURCES)}"),
     "model": f"encoder: {_choices(models.MODELS)}",
     "projection_dim": "output size of the projection head g (the loss reads z = g(f(x)))",
     "widths": "convnet / resnet18 stage widths, e.g. 32,64,128,256; () = the model's default",
@@ -85,6 +87,17 @@ FIELD_HELP = {
                      "last good checkpoint) or skip (drop its update); one of skip, stop"),
     "on_bad_file": "folder data with unreadable files: skip (reported) or raise; one of raise, "
                    "skip",
+    "image_size": ("imagefolder:PATH and TFDS datasets of varying image size: side S of the "
+                   "training crops and of the evaluation view (resize + centre crop); 0 = the "
+                   "source's own (imagefolder: 224; fixed-size TFDS: as stored)"),
+    "crop_scale": ("variable-size sources: random-resized crop area range (lo, hi) as a "
+                   "fraction of the image, cut on the host (SimCLR: 0.08,1.0)"),
+    "crop_ratio": ("variable-size sources: random-resized crop aspect ratio range w/h, "
+                   "log-uniform (SimCLR: 0.75,1.333)"),
+    "num_crops": ("variable-size sources: crops per image cut on the host (the method's "
+                  "views: 2 for simclr)"),
+    "data_workers": ("variable-size sources: Grain decoding processes per host (0 = decode "
+                     "in the training process, with threads)"),
     "knn_k": "neighbours of the kNN evaluation",
     "progress": "show a progress bar",
 }
