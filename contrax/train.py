@@ -385,8 +385,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
     method = create_method(config, model)
     if (isinstance(dataset.train, data.LazyImageSplit)
         and config.get("num_crops", 2) != method.num_views):
-      raise ValueError(f"num_crops={config.get('num_crops', 2)} but method {method.name!r} "
-                       f"takes {method.num_views} views")
+      raise ValueError(f"num_crops={config.get('num_crops', 2)} but "
+                       f"method.name={config.method.name!r} takes {method.num_views} views")
   except (ValueError, TypeError, OSError) as e:
     raise ConfigError(str(e)) from e
 
