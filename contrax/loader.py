@@ -88,14 +88,19 @@ def crop_batches(split, *, batch_size: int, seed: int, num_steps: int, image_siz
                  num_crops: int = 2, scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), process_index: int = 0,
                  process_count: int = 1, num_workers: int = 0, buffer_size: int = 2,
-                 with_rows: bool = False):
+                 read_threads: int = 4, with_rows: bool = False):
   """Grain's iterator of this process's batches for steps `0 .. num_steps - 1` (module
   docstring): `(crops uint8 [B/P, V, S, S, 3], labels int32 [B/P])`, plus the split's row
   indices int64 `[B/P]` if `with_rows`.
 
-  `num_workers` decoding processes (0: decode in this process), each `buffer_size` batches
-  ahead. Resume with the iterator's `set_state` (what `contrax.runs.restore` does with the
-  state saved in the checkpoint); a new iterator starts at step 0.
+  `num_workers` decoding processes (0: decode in this process), each handing over up to
+  `buffer_size` finished batches; within each, `read_threads` threads make whole batches in
+  parallel (Grain's `ReadOptions`; Pillow releases the GIL while it decodes and resizes), so
+  up to `read_threads + buffer_size` batches per worker are in memory. Batches, not samples,
+  are spread over threads and workers, so a batch never depends on how many there are.
+
+  Resume with the iterator's `set_state` (what `contrax.runs.restore` does with the state
+  saved in the checkpoint); a new iterator starts at step 0.
   """
   import grain
   batch_size = _checks.positive_int("batch_size", batch_size)
@@ -104,6 +109,7 @@ def crop_batches(split, *, batch_size: int, seed: int, num_steps: int, image_siz
   num_crops = _checks.positive_int("num_crops", num_crops)
   process_count = _checks.positive_int("process_count", process_count)
   buffer_size = _checks.positive_int("buffer_size", buffer_size)
+  read_threads = _checks.positive_int("read_threads", read_threads)
   scale = _check_pair("crop_scale", scale, 0.0, 1.0)
   ratio = _check_pair("crop_ratio", ratio, 0.0, float("inf"))
   for name, value in (("seed", seed), ("process_index", process_index),
@@ -127,7 +133,8 @@ def crop_batches(split, *, batch_size: int, seed: int, num_steps: int, image_siz
   ds = grain.MapDataset.range(num_steps * local).map(sample)
   if not with_rows:
     ds = ds.map(_drop_rows)
-  ds = ds.batch(local, drop_remainder=True).to_iter_dataset()
+  ds = ds.batch(local, drop_remainder=True).to_iter_dataset(
+      grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_threads))
   if num_workers:
     _absl_flags_defaults()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(num_workers),
