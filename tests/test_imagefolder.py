@@ -449,3 +449,23 @@ def test_pretrain_resumed_after_a_crash_equals_the_uninterrupted_run(folder, tmp
   assert int(a["step"]) == int(b["step"]) == 6
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_imagenet_config_runs_tiny_on_cpu(folder, tmp_path):
+  """The `--config imagenet` recipe (LARS, host crops, resnet18) at 16 px, batch 8, 2 steps."""
+  import importlib.util
+  from contrax import train
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "experiments", "configs", "pretrain.py")
+  spec = importlib.util.spec_from_file_location("pretrain_configs", path)
+  configs = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(configs)
+  c = configs.get_config("imagenet")
+  c.update(dict(data=f"imagefolder:{folder[0]}", image_size=SIZE, batch_size=8, steps=2,
+                warmup_steps=1, widths=(4, 4, 4, 4), data_workers=0, num_devices=1,
+                progress=False, log_every=1, checkpoint_every=2, knn_k=3))
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    summary = train.pretrain(c, str(tmp_path))
+  assert summary["steps"] == 2 and summary["image_shape"] == [SIZE, SIZE, 3]

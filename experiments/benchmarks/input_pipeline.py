@@ -5,8 +5,8 @@ A generated ImageNet-like folder (`num_images` JPEGs of `photo_hw`, quality 90, 
 `imagefolder:` layout) is read by `contrax.loader.crop_batches`: per image `num_crops`
 random-resized crops (SimCLR's, scale 0.08-1) decoded with Pillow (JPEG draft: reduced-size
 DCT decode where the crops allow) and resized to `image_size`. Each case runs in a fresh
-process (`_harness.run_isolated`): the first batch (worker start-up, imports) is not timed,
-then `batches` batches of `batch_size` images are; images/s counts images (each with its
+process (`_harness.run_isolated`): the first batch (worker start-up, imports) and the batches
+the buffers filled meanwhile are not timed, then `batches` batches of `batch_size` images are; images/s counts images (each with its
 `num_crops` crops). Cases: `workers` = 0 (decode in the main process) and 1, 2 Grain worker
 processes, each with `read_threads` decoding threads (1: one core per worker). A PyTorch
 `DataLoader` + torchvision `RandomResizedCrop` peer runs on the same files only when torch and
@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.image_size = 224
   c.num_crops = 2
   c.batch_size = 32
-  c.batches = 6             # timed batches per case, after one untimed
+  c.batches = 8             # timed batches per case, after the untimed warm-up
   c.workers = (0, 1, 2)
   c.read_threads = 1
   c.memory_images = 500     # memory cases: this many and 10x as many small files
@@ -81,14 +81,19 @@ def measure(case: dict) -> dict:
                  check_files=False)
   if case["kind"] == "torch":
     return dict(record, **_torch_case(case, ds.train))
-  steps = case["batches"] + 1
+  # Untimed: the first batch (worker start-up), then as many as the buffers hold (made while
+  # the workers started), so that the timed batches are made while they are waited for.
+  buffered = (2 + case["read_threads"]) * max(1, case["workers"])
+  steps = 1 + buffered + case["batches"]
   it = loader.crop_batches(ds.train, batch_size=case["batch_size"], seed=case["seed"],
                            num_steps=steps, image_size=case["image_size"],
                            num_crops=case["num_crops"], num_workers=case["workers"],
-                           read_threads=case["read_threads"])
+                           read_threads=case["read_threads"], buffer_size=2)
   start = time.perf_counter()
   first, _ = next(it)
   record["first_batch_seconds"] = time.perf_counter() - start
+  for _ in range(buffered):
+    next(it)
   start = time.perf_counter()
   checksum = 0
   for _ in range(case["batches"]):
