@@ -7,7 +7,8 @@ stays fast and does not start JAX; `contrax.losses.infonce` imports `contrax.los
 - `pairs`: the batch geometry the pairwise losses read; `weights`: negative weightings
   (uniform, HCL, optimal transport, ...); `ot`: the entropic and quadratic couplings behind them.
 - `objectives`: a config's loss and weighting as one function, with named presets.
-- `augment`, `data`, `models`, `methods`, `parallel`, `train`, `runs`: the training stack.
+- `augment`, `data`, `models`, `methods`, `parallel`, `train`, `runs`: the training stack;
+  `crops` and `loader`: host-side crops and the Grain loader of images of varying size.
 - `evaluate`: kNN, linear probe, nearest class centre; `monitor`: the online linear probe and
   collapse diagnostics (RankMe) of a training step; `plotting`: the figures.
 - `mi`: mutual-information estimators and known-MI tasks; `theory`: diagnostics of the analyses.
@@ -18,8 +19,9 @@ pyproject.toml when contrax is not installed).
 from __future__ import annotations
 
 __all__ = [
-    "augment", "data", "evaluate", "losses", "methods", "mi", "models", "monitor", "objectives",
-    "ot", "pairs", "parallel", "plotting", "runs", "theory", "train", "weights",
+    "augment", "crops", "data", "evaluate", "loader", "losses", "methods", "mi", "models",
+    "monitor", "objectives", "ot", "pairs", "parallel", "plotting", "runs", "theory", "train",
+    "weights",
 ]
 
 

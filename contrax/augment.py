@@ -42,6 +42,7 @@ __all__ = [
     "crop_box", "resized_crop", "hflip", "grayscale", "adjust_brightness", "adjust_contrast",
     "adjust_saturation", "adjust_hue", "JITTER_UNIFORMS", "jitter_params", "color_jitter",
     "gaussian_blur", "augment_image", "augment_batch", "two_views", "MultiCrop", "multi_crop",
+    "host_cropped_views",
 ]
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)   # ITU-R 601-2 luma, as PIL's convert("L")
@@ -528,13 +529,42 @@ def augment_batch(aug: Union[str, Augmentation], key: jax.Array, images,
 def two_views(aug: Union[str, Augmentation], key: jax.Array, images,
               sample_ids) -> tuple[jax.Array, jax.Array]:
   """Two independent views of each image: `augment_batch` with `fold_in(key, 0)` and
-  `fold_in(key, 1)`, vmapped over the two views so the pipeline is traced and compiled once."""
+  `fold_in(key, 1)`, vmapped over the two views so the pipeline is traced and compiled once.
+
+  `images` may also be `[n, 2, H, W, C]`: two crops per image already cut on the host
+  (`contrax.loader`, for images of varying size); view v is then crop v with the rest of
+  `aug` (its `crop_scale` is skipped: the host did the random-resized crop).
+  """
+  if np.ndim(images) == 5:
+    views = host_cropped_views(aug, key, images, sample_ids)
+    if len(views) != 2:
+      raise ValueError(f"two_views takes [n, 2, H, W, C] host crops, got {len(views)} crops "
+                       f"per image (shape {np.shape(images)})")
+    return views[0], views[1]
   aug = get(aug)
   images, sample_ids = _check_batch(images, sample_ids)
   view_keys = jnp.stack([jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)])
   views = jax.vmap(lambda k: _augment_with_keys(aug, _sample_keys(k, sample_ids), images))(
       view_keys)
   return views[0], views[1]
+
+
+def host_cropped_views(aug: Union[str, Augmentation], key: jax.Array, images,
+                       sample_ids) -> tuple[jax.Array, ...]:
+  """The V views of `[n, V, H, W, C]` crops cut on the host: view v = `augment_batch` of
+  crop v with `fold_in(key, v)` and `aug` without its crop (the host cut it); the V views are
+  vmapped so the pipeline is traced once. Returns a tuple of V float32 `[n, H, W, C]`."""
+  aug = dataclasses.replace(get(aug), crop_scale=None)
+  if np.ndim(images) != 5:
+    raise ValueError(f"host crops must have shape [n, V, H, W, C], got {np.shape(images)}")
+  num_views = np.shape(images)[1]
+  by_view = jnp.moveaxis(jnp.asarray(images), 1, 0)  # [V, n, H, W, C]
+  _check_batch(by_view[0], sample_ids)
+  sample_ids = jnp.asarray(sample_ids)
+  view_keys = jnp.stack([jax.random.fold_in(key, v) for v in range(num_views)])
+  views = jax.vmap(lambda k, x: _augment_with_keys(aug, _sample_keys(k, sample_ids),
+                                                   to_float(x)))(view_keys, by_view)
+  return tuple(views[v] for v in range(num_views))
 
 
 def _check_batch(images, sample_ids):

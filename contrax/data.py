@@ -9,6 +9,13 @@ A source is chosen by one string (`load(spec)`):
 | `folder:PATH` | an image folder, `PATH/<class>/*.png|jpg|jpeg`, read into memory with Pillow |
 | `npz:PATH` | a `.npz` with `x_train, y_train, x_test, y_test` |
 | `tfds:NAME` | a prepared TFDS dataset (ArrayRecord random access, no TensorFlow, no download) |
+| `imagefolder:PATH` | photos of every size, decoded lazily: `PATH/{train,val}/<class>/*` or `PATH/<class>/*` |
+
+`imagefolder:` and TFDS datasets whose images vary in size (given `image_size`) give
+`LazyImageSplit`s: nothing is decoded at start-up (a folder's file list and labels come from
+its directory tree); evaluation reads `split[indices]` as resize + centre crop to
+`image_size`, and training reads random-resized crops per image on the host through the Grain
+loader of `contrax.loader` (`contrax.crops` defines the crops).
 
 Every source gives an `ImageDataset` of two `Split`s. A split is random access: `split[indices]`
 returns `(images uint8 [n, H, W, C], labels int32 [n])`. `batches` turns a split into the
@@ -32,8 +39,9 @@ import numpy as np
 from contrax import _checks
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "Split", "ArraySplit", "ImageDataset", "stratified_split", "SOURCES",
-    "load", "batches", "prefetch",
+    "IMAGE_EXTENSIONS", "Split", "ArraySplit", "LazyImageSplit", "FileSplit", "RecordImageSplit",
+    "ImageDataset",
+    "stratified_split", "SOURCES", "load", "batches", "prefetch",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -100,6 +108,112 @@ class ArraySplit:
 
   def __repr__(self) -> str:
     return f"ArraySplit(len={len(self)}, image_shape={self.image_shape})"
+
+
+class LazyImageSplit:
+  """A split of images of every size, decoded on demand (never the whole split at once).
+
+  Subclasses give `len`, `labels` (int32, without decoding images) and `open(i)`, the i-th
+  image as an opened, not yet decoded, PIL image (so that a JPEG can be decoded at reduced
+  size), and `label(i)`. `split[indices]` is the evaluation view: uint8 `[n, S, S, 3]` (resize
+  + centre crop to `image_size` S, `contrax.crops.center_crop`), decoded by `num_threads`
+  threads; `image_shape` is `(S, S, 3)`. Training crops are cut by `contrax.loader`.
+  """
+
+  image_size: int
+  num_threads: int | None = None
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.image_size, self.image_size, 3)
+
+  def open(self, index: int):
+    raise NotImplementedError
+
+  def label(self, index: int) -> int:
+    return int(self.labels[index])
+
+  def center_crop(self, index: int) -> np.ndarray:
+    """uint8 `[S, S, 3]`: the evaluation view of image `index`."""
+    from contrax import crops
+    with self.open(index) as image:
+      return crops.center_crop(image, size=self.image_size)
+
+  def __getitem__(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    indices = _check_indices(indices, len(self))
+    images = np.zeros((len(indices), *self.image_shape), np.uint8)
+    with concurrent.futures.ThreadPoolExecutor(self.num_threads) as pool:
+      for row, image in enumerate(pool.map(self.center_crop, (int(i) for i in indices))):
+        images[row] = image
+    return images, np.array([self.label(int(i)) for i in indices], dtype=np.int32)
+
+
+class FileSplit(LazyImageSplit):
+  """Image files `paths` with int `labels`, decoded on demand (PNG or JPEG, by content)."""
+
+  def __init__(self, paths: Sequence[str], labels, *, image_size: int,
+               num_threads: int | None = None):
+    self.paths = np.asarray(paths, dtype=np.str_)
+    self.labels = _check_labels("labels", labels)
+    if len(self.paths) != len(self.labels):
+      raise ValueError(f"paths and labels must have the same length, got {len(self.paths)} "
+                       f"and {len(self.labels)}")
+    self.image_size = _checks.positive_int("image_size", image_size)
+    self.num_threads = num_threads
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def open(self, index: int):
+    from PIL import Image
+    path = str(self.paths[index])
+    try:
+      return Image.open(path, formats=_PILLOW_FORMATS)
+    except Exception as e:  # a file broken after the listing checked it: name it
+      raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+
+  def center_crop(self, index: int) -> np.ndarray:
+    try:
+      return super().center_crop(index)
+    except OSError as e:  # a body that is truncated or corrupt past a good header
+      raise ValueError(f"cannot decode image {self.paths[index]}: {e}") from e
+
+  def __repr__(self) -> str:
+    return f"FileSplit(len={len(self)}, image_size={self.image_size})"
+
+
+class RecordImageSplit(LazyImageSplit):
+  """A random-access sequence of `{"image": [h, w, c] of any size, "label": int}` records (a
+  TFDS data source), decoded on demand; `labels` reads every record once, on first use."""
+
+  def __init__(self, source: Sequence[dict], *, image_size: int, num_threads: int | None = None):
+    self.source = source
+    self.image_size = _checks.positive_int("image_size", image_size)
+    self.num_threads = num_threads
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  @functools.cached_property
+  def labels(self) -> np.ndarray:
+    return np.array([self.source[i]["label"] for i in range(len(self))], dtype=np.int32)
+
+  def label(self, index: int) -> int:
+    if "labels" in self.__dict__:
+      return int(self.labels[index])
+    return int(self.source[index]["label"])
+
+  def open(self, index: int):
+    import io
+    from PIL import Image
+    image = self.source[index]["image"]
+    if isinstance(image, bytes):  # records read with the image decoding skipped
+      return Image.open(io.BytesIO(image), formats=_PILLOW_FORMATS)
+    image = np.asarray(image)
+    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+  def __repr__(self) -> str:
+    return f"RecordImageSplit(source={self.source!r}, len={len(self)})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,6 +408,136 @@ def _load_folder(path: str, *, seed: int, test_fraction: float = 0.1,
                           test_fraction=test_fraction, seed=seed)
 
 
+def _probe_image(path: str) -> str | None:
+  """None if `path` is a PNG/JPEG whose header Pillow reads (no decoding), else the reason."""
+  if not os.path.isfile(path):
+    return "not a regular file"
+  if not path.lower().endswith(IMAGE_EXTENSIONS):
+    return f"not an image file (extension not in {', '.join(IMAGE_EXTENSIONS)})"
+  from PIL import Image
+  try:
+    with Image.open(path, formats=_PILLOW_FORMATS) as image:
+      width, height = image.size
+    if width < 1 or height < 1:
+      return f"empty image ({width}x{height})"
+  except Exception as e:  # Pillow raises many types for broken files (OSError, SyntaxError, ...)
+    return f"unreadable image ({type(e).__name__}: {e})"
+  return None
+
+
+def _report(path: str, problems: list[str], total: int, what: str, on_bad_file: str,
+            action: str = "skipped") -> None:
+  if not problems:
+    return
+  shown = "; ".join(problems[:_BAD_FILES_SHOWN])
+  more = f"; and {len(problems) - _BAD_FILES_SHOWN} more" if len(problems) > _BAD_FILES_SHOWN else ""
+  message = f"image folder {path!r}: {len(problems)} of {total} {what}: {shown}{more}"
+  if on_bad_file == "raise":
+    raise ValueError(message + " (pass on_bad_file='skip' to skip them)")
+  warnings.warn(f"{message}; {action}", stacklevel=4)
+
+
+def _list_class_files(path: str, class_names: Sequence[str], *, on_bad_file: str,
+                      check_files: bool, num_threads: int | None,
+                      report_empty: bool = True) -> tuple[list[str], np.ndarray]:
+  """`(files, labels)` of `path/<class>/*` for the given classes; unreadable files are
+  reported and skipped (or refused) after a header probe (`check_files`), and so is a class
+  folder that is missing or holds no readable image (if `report_empty`)."""
+  files, labels, empty = [], [], []
+  for label, name in enumerate(class_names):
+    folder = os.path.join(path, name)
+    entries = (sorted(e.name for e in os.scandir(folder) if not e.name.startswith("."))
+               if os.path.isdir(folder) else [])
+    if not entries:
+      empty.append(name)
+    files += [os.path.join(folder, e) for e in entries]
+    labels += [label] * len(entries)
+  if check_files:
+    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+      reasons = list(pool.map(_probe_image, files))
+  else:
+    reasons = [None if f.lower().endswith(IMAGE_EXTENSIONS) else "not an image file"
+               for f in files]
+  bad = [f"{f} ({r})" for f, r in zip(files, reasons) if r is not None]
+  _report(path, bad, len(files), "files are not readable images", on_bad_file)
+  keep = [i for i, r in enumerate(reasons) if r is None]
+  files = [files[i] for i in keep]
+  labels = np.array([labels[i] for i in keep], dtype=np.int32)
+  counts = np.bincount(labels, minlength=len(class_names))
+  empty = [name for c, name in enumerate(class_names) if counts[c] == 0] if report_empty else []
+  _report(path, [f"{name!r}" for name in empty], len(class_names),
+          "class folders hold no readable image", on_bad_file,
+          action="kept as classes without images")
+  if not files:
+    raise ValueError(f"image folder {path!r} holds no readable images")
+  return files, labels
+
+
+def _class_folders(path: str) -> list[str]:
+  return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+_SPLIT_FOLDERS = {"train": ("train",), "test": ("val", "validation", "test")}
+
+
+def _load_imagefolder(path: str, *, seed: int, image_size: int = 224,
+                      test_fraction: float = 0.1, on_bad_file: str = "skip",
+                      check_files: bool = True,
+                      num_threads: int | None = None) -> ImageDataset:
+  """Photos of every size under `path`, listed at start-up and decoded lazily (`FileSplit`).
+
+  Layouts: ImageNet's `path/train/<class>/*` with `path/val/<class>/*` (or `validation/`,
+  `test/`): the classes are train's sub-folders sorted by name; or one folder
+  `path/<class>/*`, split stratified (`test_fraction`, `seed`) as `folder:` does. Files are
+  PNG or JPEG (`.png/.jpg/.jpeg`, any case; any mode: grayscale, palette, CMYK and alpha
+  images are read as RGB). With `check_files`, each file's header is read (not decoded, by
+  `num_threads` threads) and files that are not readable images are reported with
+  `warnings.warn` and skipped (`on_bad_file="skip"`) or refused (`"raise"`); a class folder
+  without readable images is reported the same way and kept as a class (so that class
+  indices stay those of the folder names). A file whose body is corrupt past a good header
+  is a ValueError naming it when it is decoded. `image_size` is the side of the evaluation
+  view (resize + centre crop) and of the training crops.
+  """
+  _checks.choice("on_bad_file", on_bad_file, ("skip", "raise"))
+  image_size = _checks.positive_int("image_size", image_size)
+  if num_threads is not None:
+    num_threads = _checks.positive_int("num_threads", num_threads)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"image folder {path!r} does not exist")
+  if not os.path.isdir(path):
+    raise NotADirectoryError(f"image folder {path!r} is not a directory")
+  top = _class_folders(path)
+  test_folder = next((f for f in _SPLIT_FOLDERS["test"] if f in top), None)
+  split_layout = "train" in top and test_folder is not None
+  root = os.path.join(path, "train") if split_layout else path
+  class_names = _class_folders(root)
+  if len(class_names) < 2:
+    raise ValueError(f"image folder {root!r} must hold one sub-folder per class and at least 2 "
+                     f"classes, found {len(class_names)}: {class_names}")
+  options = dict(on_bad_file=on_bad_file, check_files=check_files, num_threads=num_threads)
+  make = functools.partial(FileSplit, image_size=image_size, num_threads=num_threads)
+  if split_layout:
+    test_root = os.path.join(path, test_folder)
+    unknown = sorted(set(_class_folders(test_root)) - set(class_names))
+    if unknown:
+      raise ValueError(f"image folder {test_root!r} has class folders {unknown} that "
+                       f"{root!r} lacks; the classes are train's sub-folders")
+    train_files, train_labels = _list_class_files(root, class_names, **options)
+    # The evaluation split may lack classes (a held-out subset): not a problem there.
+    test_files, test_labels = _list_class_files(test_root, class_names, report_empty=False,
+                                                **options)
+    train, test = make(train_files, train_labels), make(test_files, test_labels)
+  else:
+    files, labels = _list_class_files(root, class_names, **options)
+    train_rows, test_rows = stratified_split(labels, test_fraction=test_fraction, seed=seed,
+                                             what=f"imagefolder:{path}")
+    files = np.asarray(files)
+    train = make(files[train_rows], labels[train_rows])
+    test = make(files[test_rows], labels[test_rows])
+  return ImageDataset(name=f"imagefolder:{path}", train=train, test=test,
+                      num_classes=len(class_names), class_names=tuple(class_names))
+
+
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -408,14 +652,19 @@ def _prepared_tfds_builder(name: str, data_dir: str | None):
 
 
 def _load_tfds(name: str, *, seed: int, data_dir: str | None = None,
-               train_split: str = "train", test_split: str = "test") -> ImageDataset:
+               train_split: str = "train", test_split: str = "test",
+               image_size: int | None = None) -> ImageDataset:
   """TFDS `name` (e.g. `mnist`, `cifar10`, `cifar100`, `stl10`) read lazily, never downloaded.
 
   The dataset must already be prepared in ArrayRecord format under `data_dir` (default:
   `TFDS_DATA_DIR`, else `~/tensorflow_datasets`): `tfds build NAME --data_dir DIR
   --file_format array_record`. Records are read through the builder's data source (no
-  TensorFlow). Needs fields `image` (fixed shape) and `label` (a `ClassLabel`); `seed` is
-  unused.
+  TensorFlow). Needs fields `image` and `label` (a `ClassLabel`); `seed` is unused.
+
+  Images of one fixed shape are read as they are (`image_size=None`). With `image_size` (needed
+  when the images vary in size, e.g. `imagenet2012`, `imagenette`), the splits are
+  `RecordImageSplit`s: evaluation reads resize + centre crop to `image_size`, training reads
+  host-side random-resized crops (`contrax.loader`).
   """
   del seed
   builder = _prepared_tfds_builder(name, data_dir)
@@ -433,15 +682,19 @@ def _load_tfds(name: str, *, seed: int, data_dir: str | None = None,
       raise ValueError(f"TFDS dataset {name!r} has no field {key!r}; its fields are "
                        f"{list(features.keys())}")
   image_shape = tuple(features["image"].shape)
-  if len(image_shape) != 3 or None in image_shape:
-    raise ValueError(f"TFDS dataset {name!r} has images of shape {image_shape}; contrax needs "
-                     f"one fixed (height, width, channels)")
+  if image_size is None and (len(image_shape) != 3 or None in image_shape):
+    raise ValueError(f"TFDS dataset {name!r} has images of shape {image_shape} (their size "
+                     f"varies); pass image_size (the training resolution, e.g. 224) to crop "
+                     f"them to one size")
   label = features["label"]
   if not hasattr(label, "names"):
     raise ValueError(f"TFDS dataset {name!r}: field 'label' must be a ClassLabel, got {label}")
-  return ImageDataset(name=f"tfds:{name}",
-                      train=_RecordSplit(sources["train"], image_shape),
-                      test=_RecordSplit(sources["test"], image_shape),
+  if image_size is not None:
+    splits = {part: RecordImageSplit(sources[part], image_size=image_size)
+              for part in ("train", "test")}
+  else:
+    splits = {part: _RecordSplit(sources[part], image_shape) for part in ("train", "test")}
+  return ImageDataset(name=f"tfds:{name}", train=splits["train"], test=splits["test"],
                       num_classes=int(label.num_classes), class_names=tuple(label.names))
 
 
@@ -451,8 +704,9 @@ _SOURCES: dict[str, Callable[..., ImageDataset]] = {
     "folder": _load_folder,
     "npz": _load_npz,
     "tfds": _load_tfds,
+    "imagefolder": _load_imagefolder,
 }
-_SOURCES_WITH_ARGUMENT = ("folder", "npz", "tfds")
+_SOURCES_WITH_ARGUMENT = ("folder", "npz", "tfds", "imagefolder")
 SOURCES = tuple(_SOURCES)  # the valid source names, for eager config checks
 
 
@@ -462,7 +716,8 @@ def _source_options(loader: Callable) -> list[str]:
 
 
 def load(spec: str, *, seed: int = 0, **options) -> ImageDataset:
-  """The dataset named by `spec`: `digits`, `synthetic`, `folder:PATH`, `npz:PATH`, `tfds:NAME`.
+  """The dataset named by `spec`: `digits`, `synthetic`, `folder:PATH`, `npz:PATH`, `tfds:NAME`,
+  `imagefolder:PATH`.
 
   `seed` fixes every random choice of the source (train/test split, synthetic images).
   Options by source:
@@ -471,7 +726,10 @@ def load(spec: str, *, seed: int = 0, **options) -> ImageDataset:
     folder: test_fraction=0.1, on_bad_file="skip" | "raise", num_threads=None (a default pool).
     npz: num_classes=None (from `class_names` in the file, else max label + 1).
     tfds: data_dir=None (TFDS_DATA_DIR, else ~/tensorflow_datasets), train_split="train",
-      test_split="test"; the dataset must be prepared there (it is never downloaded).
+      test_split="test", image_size=None (needed for images of varying size); the dataset
+      must be prepared there (it is never downloaded).
+    imagefolder: image_size=224, test_fraction=0.1 (single-folder layout), on_bad_file="skip"
+      | "raise", check_files=True (read each file's header at start-up), num_threads=None.
   """
   if not isinstance(spec, str):
     raise TypeError(f"spec must be a string such as 'digits' or 'folder:PATH', got {spec!r}")

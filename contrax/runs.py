@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Optional
+from typing import Any, Optional
 
 import flax
 import jax
@@ -145,35 +145,68 @@ def write_plots(workdir: str) -> list[str]:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_manager(workdir: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
+_STATE_ITEM, _DATA_ITEM = "default", "data"  # "default": what a one-item checkpoint holds
+
+
+class _DataCheckpointManager(ocp.CheckpointManager):
+  """A manager whose checkpoints also hold `data_iterator`'s state (a Grain iterator)."""
+
+  data_iterator: Any = None
+
+
+def checkpoint_manager(workdir: str, max_to_keep: int = 2, *,
+                       data_iterator: Any = None) -> ocp.CheckpointManager:
   """orbax manager under `workdir/checkpoints` (any path, made absolute); writes are
   asynchronous (`save` returns once the state is on the host; `wait_until_finished`, or the
   next save, waits for the write) and atomic (temporary directory, then rename).
 
   A write cut short by a crash leaves only its temporary directory, which `latest_step` never
-  returns and which the next manager on this directory deletes.
+  returns and which the next manager on this directory deletes. With `data_iterator` (a
+  Grain iterator: `contrax.loader`), every checkpoint also holds its state (item "data",
+  one file per process, Grain's orbax handler), beside the state (item "default", which a
+  manager without `data_iterator` reads as the whole checkpoint).
   """
   # Asynchronous (orbax's default, set explicitly): `save` copies the state to host memory
   # and returns; a background thread writes it, so the next steps run during the write.
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                          cleanup_tmp_directories=True,
                                          enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if data_iterator is None:
+    return ocp.CheckpointManager(directory, options=options)
+  manager = _DataCheckpointManager(directory, options=options,
+                                   item_names=(_STATE_ITEM, _DATA_ITEM))
+  manager.data_iterator = data_iterator
+  return manager
 
 
 def save(manager: ocp.CheckpointManager, state) -> None:
-  """Save a `TrainState` at its step (asynchronously; `wait_until_finished` commits it)."""
-  manager.save(int(state.step), args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-               force=True)
+  """Save a `TrainState` at its step (asynchronously; `wait_until_finished` commits it), with
+  the manager's data iterator state if it has one."""
+  args = ocp.args.StandardSave(flax.serialization.to_state_dict(state))
+  iterator = getattr(manager, "data_iterator", None)
+  if iterator is not None:
+    import grain
+    args = ocp.args.Composite(**{_STATE_ITEM: args,
+                                 _DATA_ITEM: grain.checkpoint.CheckpointSave(iterator)})
+  manager.save(int(state.step), args=args, force=True)
 
 
 def restore(manager: ocp.CheckpointManager, state):
-  """The latest checkpoint of `manager`, as a `TrainState` shaped (and sharded) like `state`."""
+  """The latest checkpoint of `manager`, as a `TrainState` shaped (and sharded) like `state`;
+  the manager's data iterator (if any) is set to the state saved with it."""
   step = manager.latest_step()
   target = flax.serialization.to_state_dict(state)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  args = ocp.args.StandardRestore(abstract)
+  iterator = getattr(manager, "data_iterator", None)
+  if iterator is not None:
+    import grain
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        _STATE_ITEM: args, _DATA_ITEM: grain.checkpoint.CheckpointRestore(iterator)}))
+    restored = restored[_STATE_ITEM]
+  else:
+    restored = manager.restore(step, args=args)
   return flax.serialization.from_state_dict(state, restored)
 
 
@@ -311,6 +344,12 @@ class Run:
   def elapsed(self) -> float:
     """Wall seconds of the run, summed over every resumed part."""
     return self._before + time.time() - self._start
+
+  def attach_data(self, iterator) -> None:
+    """Save (and on resume, restore) the state of the Grain iterator `iterator` with every
+    checkpoint of this run (call before `restore_latest`)."""
+    self.manager.close()
+    self.manager = checkpoint_manager(self.path, data_iterator=iterator)
 
   def restore_latest(self, state):
     """`state`, or on resume the latest checkpoint in its shape; drops later metrics records

@@ -29,8 +29,8 @@ import optax
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from contrax import (_checks, augment, data, evaluate, methods, models, monitor, objectives,
-                     pairs, parallel, runs)
+from contrax import (_checks, augment, crops, data, evaluate, loader, methods, models,
+                     monitor, objectives, pairs, parallel, runs)
 
 __all__ = [
     "LossFn", "default_config", "OPTIMIZERS", "COMPUTE_DTYPES", "compute_dtype",
@@ -73,6 +73,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.on_nonfinite = "stop"  # or "skip": drop the update of a step whose loss/gradients are not finite
   c.on_bad_file = "skip"   # folder data: skip unreadable/non-image files (reported), or "raise"
+  # Images of varying size (imagefolder:PATH, variable-size tfds:NAME): host-side crops.
+  c.image_size = 0         # training / evaluation side; 0 = the source's (imagefolder: 224)
+  c.crop_scale = (0.08, 1.0)   # random-resized crop: area fraction range (SimCLR)
+  c.crop_ratio = (3 / 4, 4 / 3)  # and aspect ratio w/h range (log-uniform)
+  c.num_crops = 2          # crops per image (the method's views)
+  c.data_workers = 0       # Grain decoding processes per host (0: in the training process)
   c.knn_k = 200
   c.online_probe = True  # a linear classifier on detached features, trained in the step
   c.probe_learning_rate = 1e-3
@@ -423,9 +429,22 @@ def validate_config(config: ml_collections.ConfigDict):
   _checks.positive_int("batch_size", config.batch_size)
   _checks.choice("on_nonfinite", config.on_nonfinite, ("stop", "skip"))
   _checks.choice("on_bad_file", config.get("on_bad_file", "skip"), ("skip", "raise"))
+  _check_crop_fields(config)
   mesh = parallel.make_mesh(config.num_devices or None)
   parallel.check_global_batch(config.batch_size, mesh)
   return optimizer, mesh
+
+
+def _check_crop_fields(config: ml_collections.ConfigDict) -> None:
+  """image_size, crop_scale, crop_ratio, num_crops, data_workers (absent: the defaults)."""
+  for name in ("image_size", "data_workers"):
+    value = config.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+  _checks.positive_int("num_crops", config.get("num_crops", 2))
+  crops.check_range("crop_scale", tuple(config.get("crop_scale", (0.08, 1.0))), 0.0, 1.0)
+  crops.check_range("crop_ratio", tuple(config.get("crop_ratio", (3 / 4, 4 / 3))), 0.0,
+                    float("inf"))
 
 
 def _load_data(config: ml_collections.ConfigDict, dataset: Optional[data.ImageDataset] = None):
@@ -434,8 +453,11 @@ def _load_data(config: ml_collections.ConfigDict, dataset: Optional[data.ImageDa
   if dataset is not None:
     _check_batch_fits(config, dataset)
     return dataset
+  kind = config.data.split(":", 1)[0]
   options = ({"on_bad_file": config.get("on_bad_file", "skip")}
-             if config.data.startswith("folder:") else {})
+             if kind in ("folder", "imagefolder") else {})
+  if kind in ("imagefolder", "tfds") and config.get("image_size", 0):
+    options["image_size"] = config.image_size
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     dataset = data.load(config.data, seed=config.seed, **options)
@@ -449,6 +471,17 @@ def _check_batch_fits(config: ml_collections.ConfigDict, dataset: data.ImageData
   if config.batch_size > len(dataset.train):
     raise ValueError(f"batch_size {config.batch_size} is larger than the {len(dataset.train)} "
                      f"training images of {config.data!r}")
+
+
+def _crop_batches(config: ml_collections.ConfigDict, split: data.LazyImageSplit):
+  """The Grain iterator of host-cropped training batches of a variable-size `split`."""
+  return loader.crop_batches(
+      split, batch_size=config.batch_size, seed=config.seed, num_steps=config.steps,
+      image_size=split.image_size, num_crops=config.get("num_crops", 2),
+      scale=tuple(config.get("crop_scale", (0.08, 1.0))),
+      ratio=tuple(config.get("crop_ratio", (3 / 4, 4 / 3))),
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_workers=config.get("data_workers", 0))
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
@@ -468,6 +501,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
                         overwrite=overwrite)
     model = create_model(config)  # builds the module only: nothing is traced or compiled
     method = create_method(config, model)
+    if (isinstance(dataset.train, data.LazyImageSplit)
+        and config.get("num_crops", 2) != method.num_views):
+      raise ValueError(f"num_crops={config.get('num_crops', 2)} but "
+                       f"method.name={config.method.name!r} takes {method.num_views} views")
   except (ValueError, TypeError, OSError) as e:
     raise ConfigError(str(e)) from e
 
@@ -475,6 +512,12 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
   state = init_state(method, optimizer, jax.random.fold_in(jax.random.key(config.seed), 1),
                      dataset.train.image_shape, probe=probe)
   state = jax.device_put(state, parallel.replicated(mesh))
+  batches = None
+  if isinstance(dataset.train, data.LazyImageSplit):
+    # Images of varying size: Grain cuts `num_crops` crops per image on the host; its
+    # iterator state is saved with every checkpoint and restored with the state.
+    batches = _crop_batches(config, dataset.train)
+    run.attach_data(batches)
   state = run.restore_latest(state)
   start_step = int(state.step)
   run.log.forget_after(start_step)
@@ -486,13 +529,15 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
 
   if start_step == 0 and config.eval_every:  # the random-init baseline of the kNN curve
     run.log.write({"step": 0, "knn_accuracy": evaluate_knn(state)})
-  batches = data.prefetch(data.batches(
-      dataset.train, batch_size=config.batch_size, seed=config.seed, start_step=start_step,
-      process_index=jax.process_index(), process_count=jax.process_count()))
+  if batches is None:
+    batches = data.prefetch(data.batches(
+        dataset.train, batch_size=config.batch_size, seed=config.seed, start_step=start_step,
+        process_index=jax.process_index(), process_count=jax.process_count()))
   state, train_seconds, images_seen = fit(
       config, state, make_train_step(method, optimizer, mesh, seed=config.seed, probe=probe),
       batches,
       mesh, run, schedule=make_schedule(config), evaluate_knn=evaluate_knn)
+  batches.close()  # stops the prefetch thread / Grain's worker processes
 
   results = evaluate.evaluate_all(model, state.variables(), dataset, knn_k=config.knn_k)
   final = {k: results[k] for k in ("knn_accuracy", "linear_accuracy") if k in results}

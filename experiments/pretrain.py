@@ -4,11 +4,13 @@ Command (the README's first command; defaults: digits, MLP encoder, NT-Xent):
 
     python experiments/pretrain.py
 
-A named config (digits, cifar10) and any field of it as a flag, e.g. the CPU-scale CIFAR
-recipe, shorter, or on an image folder of your own:
+A named config (digits, cifar10, imagenet, stl10) and any field of it as a flag, e.g. the
+CPU-scale CIFAR recipe, shorter, or on an image folder of your own, or photos of every size
+(ImageNet layout, cropped to --config.image_size on the host):
 
     python experiments/pretrain.py --config cifar10 --config.steps=2000
     python experiments/pretrain.py --config cifar10 --config.data=folder:PATH
+    python experiments/pretrain.py --config imagenet --config.data=imagefolder:PATH
 
 Writes runs/NAME/ (or --workdir): config.json, metrics.jsonl, loss.png, accuracy.png,
 summary.json, checkpoints/. A workdir that already holds a run is refused: --resume continues

@@ -59,3 +59,31 @@ def softmax_cross_entropy_grads(h, labels, kernel, bias):
   loss = -np.sum(onehot * np.log(probs)) / n
   dlogits = (probs - onehot) / n
   return loss, h.T @ dlogits, dlogits.sum(axis=0)
+
+
+def pil_bilinear_resize(image, box, size):
+  """float64 `[size, size, C]`: the `box` = (x0, y0, x1, y1) of `image` `[H, W, C]` resized by
+  the antialiased bilinear (triangle) filter, written from Pillow's resampling definition
+  (Resample.c): along each axis, output pixel i has centre c = x0 + (i + 1/2) s with
+  s = (x1 - x0) / size, and averages the input pixels x with |x + 1/2 - c| < max(s, 1) with
+  weights tri((x + 1/2 - c) / max(s, 1)), tri(t) = max(0, 1 - |t|), normalised to sum 1
+  (inputs outside the image are not used). Width first, then height; no rounding between."""
+  image = np.asarray(image, np.float64)
+
+  def matrix(start, stop, in_size):
+    scale = (stop - start) / size
+    support = max(scale, 1.0)
+    m = np.zeros((size, in_size))
+    for i in range(size):
+      centre = start + (i + 0.5) * scale
+      lo = max(int(centre - support + 0.5), 0)
+      hi = min(int(centre + support + 0.5), in_size)
+      x = np.arange(lo, hi)
+      w = np.maximum(0.0, 1.0 - np.abs((x - centre + 0.5) / support))
+      m[i, lo:hi] = w / w.sum()
+    return m
+
+  x0, y0, x1, y1 = box
+  cols = matrix(x0, x1, image.shape[1])
+  rows = matrix(y0, y1, image.shape[0])
+  return np.einsum("ih,hwc,jw->ijc", rows, image, cols)

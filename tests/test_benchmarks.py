@@ -183,3 +183,21 @@ def test_losses_benchmark_command_line_tiny(tmp_path):
   expected = _ntxent_float64(z1, z2, temperature=0.5)
   for record in results["8"].values():
     assert record["loss"] == pytest.approx(expected, rel=1e-5), record
+
+
+@pytest.mark.slow
+def test_input_pipeline_tiny(tmp_path):
+  """Four fresh processes (each imports JAX): about 2.5 minutes on the shared machine."""
+  bench = load("input_pipeline")
+  config = bench.get_config()
+  config.num_images, config.photo_hw, config.image_size = 8, (40, 60), 16
+  config.batch_size, config.batches, config.workers = 4, 1, (0,)
+  config.memory_images, config.memory_hw, config.memory_batch = 8, (12, 16), 4
+  summary = bench.run(config, str(tmp_path))
+  assert _files(tmp_path) == {"config.json", "results.json", "results.md", "summary.json"}
+  records = json.loads((tmp_path / "results.json").read_text())
+  statuses = {(r["kind"], r.get("workers", r.get("factor"))): r["status"] for r in records}
+  assert statuses[("contrax", 0)] == "ok" and statuses[("memory", 1)] == "ok"
+  assert statuses[("memory", 10)] == "ok"
+  assert summary["images_per_second"]["contrax workers=0"] > 0
+  assert set(summary["peak_rss_mib_by_files"]) == {"8", "80"}

@@ -22,12 +22,23 @@ def _pretrain_configs():
 def test_pretrain_named_configs_are_valid():
   from contrax import train
   configs = _pretrain_configs()
-  assert set(configs.CONFIGS) == {"digits", "cifar10"}
+  assert set(configs.CONFIGS) == {"digits", "cifar10", "imagenet", "stl10"}
   for name in configs.CONFIGS:
     train.validate_config(configs.get_config(name))  # every name and number, no data, no compile
   assert configs.get_config().name == "pretrain" and configs.get_config(None).data == "digits"
-  with pytest.raises(ValueError, match=r"unknown --config 'nope'; valid choices: cifar10, digits"):
+  with pytest.raises(ValueError, match=r"unknown --config 'nope'; valid choices: cifar10, "
+                     r"digits, imagenet, stl10"):
     configs.get_config("nope")
+
+
+def test_imagenet_config_is_simclrs_schedule():
+  """100 epochs of ImageNet-1k at batch 4096 with 10 warm-up epochs, LARS at 0.3 x B / 256
+  (Chen et al. 2020, Appendix B), 224 px host crops."""
+  c = _pretrain_configs().get_config("imagenet")
+  assert c.steps == round(100 * 1_281_167 / 4096) == 31_278
+  assert c.warmup_steps == 3_128 and c.learning_rate == pytest.approx(4.8)
+  assert (c.optimizer, c.batch_size, c.image_size, c.loss.temperature) == ("lars", 4096, 224, 0.1)
+  assert c.data.startswith("imagefolder:") and tuple(c.crop_scale) == (0.08, 1.0)
 
 
 def test_no_project_path_points_outside_the_repository():
@@ -65,7 +76,7 @@ def test_pretrain_help_lists_configs_fields_defaults_and_choices():
   from contrax import augment, data, models, objectives, runs, train, weights
   done = run_pretrain("--help")
   text = " ".join(done.stdout.split())  # absl wraps lines
-  assert "--config: the named config: digits, cifar10" in text, done.stdout
+  assert "--config: the named config: digits, cifar10, imagenet, stl10" in text, done.stdout
   for field, default in runs.dotted_fields(train.default_config()).items():
     assert f"--config.{field} (default: {default!r})" in text, field
   for choice in (*data.SOURCES, *models.MODELS, *augment.PRESETS, *train.OPTIMIZERS,

@@ -21,19 +21,25 @@ PUBLIC_API = {
     "augment": [
         "Augmentation", "CROP_UNIFORMS", "GRAY_WEIGHTS", "JITTER_UNIFORMS", "MultiCrop",
         "NUM_CROP_TRIES", "PRESETS", "adjust_brightness", "adjust_contrast", "adjust_hue",
-        "adjust_saturation", "augment_batch", "augment_image", "check_jitter_strengths", "color_jitter", "crop_box",
-        "default_kernel_size", "gaussian_blur", "get", "grayscale", "hflip", "jitter_params",
-        "multi_crop", "resized_crop", "to_float", "two_views", "with_color_strength",
+        "adjust_saturation", "augment_batch", "augment_image", "check_jitter_strengths",
+        "color_jitter", "crop_box", "default_kernel_size", "gaussian_blur", "get", "grayscale",
+        "hflip", "host_cropped_views", "jitter_params", "multi_crop", "resized_crop", "to_float",
+        "two_views", "with_color_strength"
+    ],
+    "crops": [
+        "EVAL_CROP_FRACTION", "NUM_ATTEMPTS", "center_box", "center_crop", "check_range",
+        "random_resized_box", "random_resized_crops", "resize_box",
     ],
     "data": [
-        "ArraySplit", "IMAGE_EXTENSIONS", "ImageDataset", "SOURCES", "Split", "batches", "load",
-        "prefetch", "stratified_split",
+        "ArraySplit", "FileSplit", "IMAGE_EXTENSIONS", "ImageDataset", "LazyImageSplit",
+        "RecordImageSplit", "SOURCES", "Split", "batches", "load", "prefetch", "stratified_split",
     ],
     "evaluate": [
         "DEFAULT_L2_GRID", "class_centres", "evaluate_all", "extract_features", "knn",
         "knn_predict", "linear_probe", "logistic_objective", "nearest_centre",
         "nearest_centre_classify", "nearest_centre_predict",
     ],
+    "loader": ["crop_batches", "epoch_rows"],
     "losses": [
         "PhiPsi", "VICRegTerms", "alignment", "alpha_cl", "alpha_cl_direct",
         "alpha_from_phi_psi", "alpha_from_phi_psi_pairs", "alpha_surrogate",

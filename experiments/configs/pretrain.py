@@ -35,7 +35,92 @@ def cifar10() -> ml_collections.ConfigDict:
   return c
 
 
-CONFIGS = {"digits": train.default_config, "cifar10": cifar10}
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+def imagenet() -> ml_collections.ConfigDict:
+  """A pod recipe: SimCLR on ImageNet-1k at 224 px, batch 4096, LARS, 100 epochs.
+
+  Data: `imagefolder:/data/imagenet` (override `--config.data`): ILSVRC-2012 in the ImageNet
+  layout `train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG` (1,281,167 + 50,000 JPEGs), listed at
+  start-up and decoded lazily by Grain (`data_workers` processes per host), two host-side
+  random-resized crops per image (scale 0.08-1, ratio 3/4-4/3) at 224 px, the rest of the
+  augmentation on device. `tfds:imagenet2012` (prepared as array_record) works too.
+
+  Schedule (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
+  Representations", Appendix B.1 / B.9): LARS, learning rate 0.3 x batch / 256 = 4.8, weight
+  decay 1e-6, 10 warm-up epochs then cosine decay, temperature 0.1, projection 128, 100
+  epochs = 100 x 1,281,167 / 4096 = 31,278 steps. Departures: contrax has no ResNet-50 yet,
+  so the encoder is `resnet18` (`--config.model` when one is added); the augmentation preset
+  `all` has SimCLR's CIFAR colour strength (s = 0.5; the paper uses s = 1 on ImageNet); kNN
+  evaluation during training is off (`eval_every=0`: it would encode the 1.28 M training
+  images), the final kNN / linear probe run once at the end.
+
+  Launch, the same command on every host of the pod (JAX finds the other hosts itself on
+  Cloud TPU; elsewhere pass --distributed with the coordinator, as `experiments/pretrain.py`
+  documents):
+
+      python experiments/pretrain.py --config imagenet --config.data=imagefolder:/data/imagenet \
+          --workdir gs://BUCKET/simclr_imagenet --distributed
+
+  Each host reads its slice of every global batch (batch / hosts images, `data_workers` = 16
+  decoding processes for 16 host cores). Throughput needed per chip: a ResNet-50 step at
+  224 px takes about 2,000 images/s on one accelerator (the issue's figure), i.e. the loader
+  must give about 2,000 images/s per 16 host cores; this machine's measured rate per core is
+  in the README (experiments/benchmarks/input_pipeline.py). Memory per device: the step's
+  activations at the local batch (4096 / devices) plus replicated parameters and LARS
+  state (ResNet-18: 11 M parameters, ~0.2 GB with the optimiser state); run
+  experiments/benchmarks/train_step.py on the target for the measured figure.
+  """
+  c = train.default_config()
+  c.name = "imagenet"
+  c.data = "imagefolder:/data/imagenet"
+  c.image_size = 224
+  c.model = "resnet18"
+  c.projection_dim = 128
+  c.augmentation = "all"
+  c.loss.temperature = 0.1
+  c.batch_size = 4096
+  epoch = IMAGENET_TRAIN_IMAGES / c.batch_size
+  c.steps = round(100 * epoch)
+  c.warmup_steps = round(10 * epoch)
+  c.optimizer = "lars"
+  c.learning_rate = 0.3 * c.batch_size / 256
+  c.weight_decay = 1e-6
+  c.eval_every = 0
+  c.checkpoint_every = 1000
+  c.log_every = 100
+  c.knn_k = 200
+  c.data_workers = 16
+  return c
+
+
+def stl10() -> ml_collections.ConfigDict:
+  """SimCLR on STL-10 at 96 px: `tfds:stl10` (prepared as array_record; its 96 x 96 images
+  share one size, so they take the fixed-size path with the crop on device), ResNet-18,
+  batch 256, LARS (0.3 x 256 / 256), temperature 0.1, 100 epochs of the 5,000 labelled
+  training images. STL-10's 100,000 unlabelled images (split "unlabelled") need a train split
+  override of the TFDS source, which the config does not expose yet."""
+  c = train.default_config()
+  c.name = "stl10"
+  c.data = "tfds:stl10"
+  c.model = "resnet18"
+  c.projection_dim = 128
+  c.augmentation = "all"
+  c.loss.temperature = 0.1
+  c.batch_size = 256
+  c.steps = 100 * (5000 // 256)
+  c.warmup_steps = 10 * (5000 // 256)
+  c.optimizer = "lars"
+  c.learning_rate = 0.3
+  c.weight_decay = 1e-6
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  return c
+
+
+CONFIGS = {"digits": train.default_config, "cifar10": cifar10, "imagenet": imagenet,
+           "stl10": stl10}
 
 
 def get_config(name: str | None = None) -> ml_collections.ConfigDict:
@@ -86,8 +171,10 @@ def _method_help() -> dict:
 FIELD_HELP = {
     "name": "run name; the default workdir is runs/<name>",
     "data": ("data source: digits (embedded, 8x8 grayscale), folder:PATH (one sub-folder of "
-             "images per class), npz:PATH (x_train, y_train, x_test, y_test), tfds:NAME "
-             f"(TensorFlow Datasets); {_choices(data.SOURCES)}"),
+             "images per class, one size, read into memory), npz:PATH (x_train, y_train, "
+             "x_test, y_test), tfds:NAME (TensorFlow Datasets), imagefolder:PATH (photos of "
+             "any size, decoded lazily: PATH/{train,val}/<class>/* or PATH/<class>/*, cropped "
+             f"to image_size on the host); {_choices(data.SOURCES)}"),
     "model": (f"encoder: {_choices(models.MODELS)} (resnet50 and the ViTs are for 224-px "
               "images on accelerators; they also run at 32 px)"),
     "projection_dim": "output size of the projection head g (the loss reads z = g(f(x)))",
@@ -161,6 +248,17 @@ FIELD_HELP = {
                      "last good checkpoint) or skip (drop its update); one of skip, stop"),
     "on_bad_file": "folder data with unreadable files: skip (reported) or raise; one of raise, "
                    "skip",
+    "image_size": ("imagefolder:PATH and TFDS datasets of varying image size: side S of the "
+                   "training crops and of the evaluation view (resize + centre crop); 0 = the "
+                   "source's own (imagefolder: 224; fixed-size TFDS: as stored)"),
+    "crop_scale": ("variable-size sources: random-resized crop area range (lo, hi) as a "
+                   "fraction of the image, cut on the host (SimCLR: 0.08,1.0)"),
+    "crop_ratio": ("variable-size sources: random-resized crop aspect ratio range w/h, "
+                   "log-uniform (SimCLR: 0.75,1.333)"),
+    "num_crops": ("variable-size sources: crops per image cut on the host (the method's "
+                  "views: 2 for simclr)"),
+    "data_workers": ("variable-size sources: Grain decoding processes per host (0 = decode "
+                     "in the training process, with threads)"),
     "knn_k": "neighbours of the kNN evaluation",
     "online_probe": ("train a linear classifier on the detached features of the first view "
                      "inside each step (probe_loss, probe_accuracy in the training records)"),
