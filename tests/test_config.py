@@ -38,6 +38,7 @@ def test_imagenet_config_is_simclrs_schedule():
   assert c.steps == round(100 * 1_281_167 / 4096) == 31_278
   assert c.warmup_steps == 3_128 and c.learning_rate == pytest.approx(4.8)
   assert (c.optimizer, c.batch_size, c.image_size, c.loss.temperature) == ("lars", 4096, 224, 0.1)
+  assert c.model == "resnet50"
   assert c.data.startswith("imagefolder:") and tuple(c.crop_scale) == (0.08, 1.0)
 
 

@@ -453,7 +453,7 @@ def test_pretrain_resumed_after_a_crash_equals_the_uninterrupted_run(folder, tmp
 
 @pytest.mark.slow
 def test_imagenet_config_runs_tiny_on_cpu(folder, tmp_path):
-  """The `--config imagenet` recipe (LARS, host crops, resnet18) at 16 px, batch 8, 2 steps."""
+  """The `--config imagenet` recipe (LARS, host crops, ResNet-50 at widths 4) at 16 px, batch 8, 2 steps."""
   import importlib.util
   from contrax import train
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

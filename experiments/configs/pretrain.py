@@ -50,8 +50,8 @@ def imagenet() -> ml_collections.ConfigDict:
   Schedule (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
   Representations", Appendix B.1 / B.9): LARS, learning rate 0.3 x batch / 256 = 4.8, weight
   decay 1e-6, 10 warm-up epochs then cosine decay, temperature 0.1, projection 128, 100
-  epochs = 100 x 1,281,167 / 4096 = 31,278 steps. Departures: contrax has no ResNet-50 yet,
-  so the encoder is `resnet18` (`--config.model` when one is added); the augmentation preset
+  epochs = 100 x 1,281,167 / 4096 = 31,278 steps, ResNet-50 (`resnet50`: the ImageNet stem at
+  224 px, 2048-d features). Departures: the augmentation preset
   `all` has SimCLR's CIFAR colour strength (s = 0.5; the paper uses s = 1 on ImageNet); kNN
   evaluation during training is off (`eval_every=0`: it would encode the 1.28 M training
   images), the final kNN / linear probe run once at the end.
@@ -69,14 +69,14 @@ def imagenet() -> ml_collections.ConfigDict:
   must give about 2,000 images/s per 16 host cores; this machine's measured rate per core is
   in the README (experiments/benchmarks/input_pipeline.py). Memory per device: the step's
   activations at the local batch (4096 / devices) plus replicated parameters and LARS
-  state (ResNet-18: 11 M parameters, ~0.2 GB with the optimiser state); run
+  state (ResNet-50: 23.5 M parameters plus the head, ~0.3 GB with LARS' momentum); run
   experiments/benchmarks/train_step.py on the target for the measured figure.
   """
   c = train.default_config()
   c.name = "imagenet"
   c.data = "imagefolder:/data/imagenet"
   c.image_size = 224
-  c.model = "resnet18"
+  c.model = "resnet50"
   c.projection_dim = 128
   c.augmentation = "all"
   c.loss.temperature = 0.1
