@@ -9,7 +9,7 @@ A source is chosen by one string (`load(spec)`):
 | `folder:PATH` | an image folder, `PATH/<class>/*.png|jpg|jpeg`, read into memory with Pillow |
 | `npz:PATH` | a `.npz` with `x_train, y_train, x_test, y_test` |
 | `tfds:NAME` | a prepared TFDS dataset (ArrayRecord random access, no TensorFlow, no download) |
-| `imagefolder:PATH` | photos of every size, decoded lazily: `PATH/{train,val}/<class>/*` or `PATH/<class>/*` |
+| `imagefolder:PATH` | photos of any size, lazily: `PATH/{train,val}/<class>/*` or `PATH/<class>/*` |
 
 `imagefolder:` and TFDS datasets whose images vary in size (given `image_size`) give
 `LazyImageSplit`s: nothing is decoded at start-up (a folder's file list and labels come from
@@ -430,7 +430,8 @@ def _report(path: str, problems: list[str], total: int, what: str, on_bad_file: 
   if not problems:
     return
   shown = "; ".join(problems[:_BAD_FILES_SHOWN])
-  more = f"; and {len(problems) - _BAD_FILES_SHOWN} more" if len(problems) > _BAD_FILES_SHOWN else ""
+  extra = len(problems) - _BAD_FILES_SHOWN
+  more = f"; and {extra} more" if extra > 0 else ""
   message = f"image folder {path!r}: {len(problems)} of {total} {what}: {shown}{more}"
   if on_bad_file == "raise":
     raise ValueError(message + " (pass on_bad_file='skip' to skip them)")

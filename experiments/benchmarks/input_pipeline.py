@@ -6,9 +6,10 @@ A generated ImageNet-like folder (`num_images` JPEGs of `photo_hw`, quality 90, 
 random-resized crops (SimCLR's, scale 0.08-1) decoded with Pillow (JPEG draft: reduced-size
 DCT decode where the crops allow) and resized to `image_size`. Each case runs in a fresh
 process (`_harness.run_isolated`): the first batch (worker start-up, imports) and the batches
-the buffers filled meanwhile are not timed, then `batches` batches of `batch_size` images are; images/s counts images (each with its
-`num_crops` crops). Cases: `workers` = 0 (decode in the main process) and 1, 2 Grain worker
-processes, each with `read_threads` decoding threads (1: one core per worker). A PyTorch
+the buffers filled meanwhile are not timed, then `batches` batches of `batch_size` images are;
+images/s counts images (each with its `num_crops` crops). Cases: `workers` = 0 (decode in
+the main process) and 1, 2 Grain worker processes, each with `read_threads` decoding threads
+(1: one core per worker). A PyTorch
 `DataLoader` + torchvision `RandomResizedCrop` peer runs on the same files only when torch and
 torchvision are installed (`pip install -e '.[bench]'`); otherwise its column says so.
 
