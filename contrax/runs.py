@@ -76,8 +76,11 @@ class MetricsLog:
   def _tensorboard(self):
     if self._writer is None and self.enabled and self.tensorboard_dir:
       from tensorboardX import SummaryWriter  # imported on first use: it loads protobuf
+      # The file name holds the time in whole seconds: a resumed run's writer started in the
+      # same second would overwrite the first file, so the suffix adds nanoseconds (it also
+      # keeps TensorBoard's name order the order the files were written).
       self._writer = SummaryWriter(self.tensorboard_dir, purge_step=self._purge_step,
-                                   flush_secs=10)
+                                   flush_secs=10, filename_suffix=f".{time.time_ns()}")
     return self._writer
 
   def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import sys
 
 import jax
 
@@ -15,6 +16,7 @@ def load(name):
   spec = importlib.util.spec_from_file_location(
       f"example_{name}", os.path.join(ROOT, "examples", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses (Flax modules) look their module up by name
   spec.loader.exec_module(module)
   return module
 

@@ -549,8 +549,8 @@ def assert_one_line_error(done: subprocess.CompletedProcess, status: int, patter
     (["--config.num_devices=2"], r"^error: num_devices must be .*got 2$"),
     (["--config.batch_size=5000"], r"^error: batch_size 5000 is larger than the 1347 training"),
     (["--config.nope=1"], r"^error: .*config.nope"),
-    (["--config", "imagenet"], r"^error: unknown --config 'imagenet'; valid choices: cifar10, "
-                               r"digits$"),
+    (["--config", "mnist"], r"^error: unknown --config 'mnist'; valid choices: cifar10, "
+                            r"digits, imagenet, stl10$"),
     (["--resume", "--overwrite"], r"^error: resume and overwrite exclude each other"),
 ])
 def test_cli_bad_input_is_one_error_line_and_status_2(tmp_path, flags, pattern):

@@ -78,6 +78,8 @@ def vicreg_terms(z1: jax.Array, z2: jax.Array, *, gamma: float = 1.0, eps: float
   pairs_lib.check_views(z1, z2)
   pairs_lib.check_finite("z1", z1)
   pairs_lib.check_finite("z2", z2)
+  # bf16 projections: the statistics are sums over the batch, computed in float32.
+  z1, z2 = pairs_lib.at_least_float32(z1), pairs_lib.at_least_float32(z2)
   n = _check_batch_statistics("z1", z1, axis_name)
   invariance = _batch_sum(jnp.sum(jnp.square(z1 - z2), axis=1), axis_name) / (n * z1.shape[1])
   v1, c1 = _variance_and_covariance(z1, n, gamma, eps, axis_name)
