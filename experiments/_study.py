@@ -22,8 +22,10 @@ seeds both hold (the seed fixes the split and the initialisation, which move eve
 alike, so the paired spread is the one that says whether two cells differ).
 
 Writes workdir/: config.json, runs/<cell>_seed<seed>/ (record.json and whatever `run_one`
-writes), results.json (one record per run), results.md (the table), summary.json, and the
-plot hook's files.
+writes; a training run's own metrics.jsonl and TensorBoard curves), results.json (one record
+per run), results.md (the table), summary.json, tensorboard/ (one HParams session per run:
+`cell` and `seed` as hyperparameters, the study's metrics as `study/<metric>`; open with
+`tensorboard --logdir workdir`), and the plot hook's files.
 """
 from __future__ import annotations
 
@@ -168,6 +170,24 @@ def _finished(run_dir: str, cell: Mapping, seed: int) -> dict | None:
   return record
 
 
+def write_tensorboard(workdir: str, records: list[dict], metrics: Mapping[str, str]) -> str:
+  """Rewrite `workdir/tensorboard`: one HParams session per record (`cell`, `seed`) with its
+  numeric `metrics` as scalars `study/<metric>`; returns the directory."""
+  import shutil
+
+  from tensorboardX import SummaryWriter  # imported here: it loads protobuf
+
+  path = os.path.join(workdir, "tensorboard")
+  shutil.rmtree(path, ignore_errors=True)  # rewritten whole: a resumed study lists each run once
+  with SummaryWriter(path) as writer:
+    for r in records:
+      values = {f"study/{k}": float(r[k]) for k in metrics
+                if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)}
+      writer.add_hparams({"cell": r["cell"], "seed": int(r["seed"])}, values,
+                         name=f"{r['cell']}_seed{r['seed']}")
+  return path
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *,
         cells: Mapping[str, Mapping[str, Any]],
         run_one: Callable[[ml_collections.ConfigDict, str, Any], dict],
@@ -205,6 +225,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       print(json.dumps(record), flush=True)
       _write_json(os.path.join(workdir, "results.json"), records)
   stats = aggregate(records, metrics, reference, paired_metrics)
+  write_tensorboard(workdir, records, metrics)
   text = table(stats, metrics, reference, title)
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(text + "\n")

@@ -87,6 +87,22 @@ def test_files_and_table(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["seeds"] == [0, 1, 2]
 
 
+def test_tensorboard_has_one_hparams_session_per_run_with_its_metrics(tmp_path):
+  """Read back through TensorBoard's own reader: each run's directory holds its metrics;
+  a resumed study rewrites the sessions rather than doubling them."""
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  run_toy(tmp_path, [], seeds=(0, 1))
+  run_toy(tmp_path, [], seeds=(0, 1))
+  sessions = sorted(os.listdir(tmp_path / "tensorboard"))
+  sessions = [s for s in sessions if os.path.isdir(tmp_path / "tensorboard" / s)]
+  assert sessions == sorted(f"{c}_seed{s}" for c in CELLS for s in (0, 1))
+  events = EventAccumulator(str(tmp_path / "tensorboard" / "noisy_seed1"))
+  events.Reload()
+  (acc,) = events.Scalars("study/acc")
+  assert acc.value == pytest.approx(0.5 + 0.1 + OFFSET["noisy"] + NOISE[1])
+  assert [e.value for e in events.Scalars("study/loss")] == [pytest.approx(1.0)]
+
+
 def test_finished_runs_are_reused_not_rerun(tmp_path):
   calls = []
   first = run_toy(tmp_path, calls, seeds=(0, 1))
