@@ -442,9 +442,9 @@ def gaussian_blur(image: jax.Array, sigma, kernel_size: int) -> jax.Array:
   weights = weights / jnp.sum(weights)
   for axis in (0, 1):
     size = image.shape[axis]
-    # The start is an explicit zero (the default one is the int 0, not an Array): same sum.
+    # start: sum's default int 0 as a (weak-typed) Array, so that the sum is typed an Array.
     image = sum((weights[t] * jnp.take(image, _reflect_indices(size, t - radius), axis=axis)
-                 for t in range(kernel_size)), start=jnp.zeros((), weights.dtype))
+                 for t in range(kernel_size)), start=jnp.asarray(0))
   return image
 
 
