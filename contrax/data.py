@@ -32,7 +32,8 @@ import os
 import queue
 import threading
 import warnings
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import (Any, Callable, Generator, Iterable, Iterator, Protocol, Sequence,
+                    runtime_checkable)
 
 import numpy as np
 
@@ -825,7 +826,7 @@ def _batches(split: Split, batch_size: int, seed: int, start_step: int, process_
 _ITEM, _END, _ERROR = "item", "end", "error"
 
 
-def prefetch(iterator: Iterable[Any], size: int = 2) -> Iterator[Any]:
+def prefetch(iterator: Iterable[Any], size: int = 2) -> Generator[Any, None, None]:
   """The items of `iterator`, produced up to `size` ahead by a background thread.
 
   Overlaps host-side batch loading with device compute. An exception raised by `iterator`
