@@ -36,7 +36,10 @@ def _version() -> str:
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "pyproject.toml")
     with open(path) as f:
-      return re.search(r'^version\s*=\s*"([^"]+)"', f.read(), re.MULTILINE).group(1)
+      match = re.search(r'^version\s*=\s*"([^"]+)"', f.read(), re.MULTILINE)
+    if match is None:
+      raise RuntimeError(f"contrax is not installed and {path} holds no version") from None
+    return match.group(1)
 
 
 __version__ = _version()

@@ -79,8 +79,8 @@ def check_tau_plus(tau_plus: float) -> float:
   return in_range("tau_plus", tau_plus, 0.0, 1.0)
 
 
-def positive_int(name: str, value: int) -> int:
-  """A Python/NumPy integer >= 1, else ValueError."""
+def positive_int(name: str, value: object) -> int:
+  """A Python/NumPy integer >= 1, else ValueError (TypeError for anything but an integer)."""
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
     raise TypeError(f"{name} must be an integer, got {value!r}")
   if value < 1:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, TypedDict, Union
 
 import jax
 import jax.numpy as jnp
@@ -144,16 +144,27 @@ def with_color_strength(aug: Augmentation, s: float) -> Augmentation:
   return dataclasses.replace(aug, jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s))
 
 
+class _Fields(TypedDict, total=False):
+  """Some of `Augmentation`'s fields, typed so that `dataclasses.replace(aug, **fields)` checks;
+  the groups below are disjoint, merged with `|` (one `**`: mypy cannot tell that two
+  partial TypedDicts share no key)."""
+  jitter: tuple[float, float, float, float]
+  jitter_prob: float
+  gray_prob: float
+  blur_prob: float
+  flip_prob: float
+
+
 _CROP = Augmentation(crop_scale=(0.08, 1.0))
-_JITTER = dict(jitter=(0.4, 0.4, 0.4, 0.1), jitter_prob=0.8)   # SimCLR CIFAR, s = 0.5
-_GRAY = dict(gray_prob=0.2)
-_BLUR = dict(blur_prob=0.5)
-_FLIP = dict(flip_prob=0.5)
+_JITTER = _Fields(jitter=(0.4, 0.4, 0.4, 0.1), jitter_prob=0.8)   # SimCLR CIFAR, s = 0.5
+_GRAY = _Fields(gray_prob=0.2)
+_BLUR = _Fields(blur_prob=0.5)
+_FLIP = _Fields(flip_prob=0.5)
 
 PRESETS: dict[str, Augmentation] = {
     "none": Augmentation(),
     # SimCLR CIFAR-10 (no blur at 32x32).
-    "simclr": dataclasses.replace(_CROP, **_FLIP, **_JITTER, **_GRAY),
+    "simclr": dataclasses.replace(_CROP, **(_FLIP | _JITTER | _GRAY)),
     # 8x8 grayscale digits: no flip (it changes digits), mild zoom, intensity jitter, noise.
     "digits": Augmentation(crop_scale=(0.5, 1.0), crop_ratio=(3 / 4, 4 / 3),
                            jitter=(0.4, 0.4, 0.0, 0.0), jitter_prob=0.8, noise_std=0.05),
@@ -163,9 +174,9 @@ PRESETS: dict[str, Augmentation] = {
     "crop+flip": dataclasses.replace(_CROP, **_FLIP),
     "crop+jitter": dataclasses.replace(_CROP, **_JITTER),
     "crop+blur": dataclasses.replace(_CROP, **_BLUR),
-    "crop+blur+gray": dataclasses.replace(_CROP, **_BLUR, **_GRAY),
-    "crop+blur+gray+jitter": dataclasses.replace(_CROP, **_BLUR, **_GRAY, **_JITTER),
-    "all": dataclasses.replace(_CROP, **_FLIP, **_JITTER, **_GRAY, **_BLUR),
+    "crop+blur+gray": dataclasses.replace(_CROP, **(_BLUR | _GRAY)),
+    "crop+blur+gray+jitter": dataclasses.replace(_CROP, **(_BLUR | _GRAY | _JITTER)),
+    "all": dataclasses.replace(_CROP, **(_FLIP | _JITTER | _GRAY | _BLUR)),
 }
 
 
@@ -431,8 +442,9 @@ def gaussian_blur(image: jax.Array, sigma, kernel_size: int) -> jax.Array:
   weights = weights / jnp.sum(weights)
   for axis in (0, 1):
     size = image.shape[axis]
-    image = sum(weights[t] * jnp.take(image, _reflect_indices(size, t - radius), axis=axis)
-                for t in range(kernel_size))
+    # start: sum's default int 0 as a (weak-typed) Array, so that the sum is typed an Array.
+    image = sum((weights[t] * jnp.take(image, _reflect_indices(size, t - radius), axis=axis)
+                 for t in range(kernel_size)), start=jnp.asarray(0))
   return image
 
 
@@ -536,11 +548,11 @@ def two_views(aug: Union[str, Augmentation], key: jax.Array, images,
   `aug` (its `crop_scale` is skipped: the host did the random-resized crop).
   """
   if np.ndim(images) == 5:
-    views = host_cropped_views(aug, key, images, sample_ids)
-    if len(views) != 2:
-      raise ValueError(f"two_views takes [n, 2, H, W, C] host crops, got {len(views)} crops "
-                       f"per image (shape {np.shape(images)})")
-    return views[0], views[1]
+    host_views = host_cropped_views(aug, key, images, sample_ids)
+    if len(host_views) != 2:
+      raise ValueError(f"two_views takes [n, 2, H, W, C] host crops, got {len(host_views)} "
+                       f"crops per image (shape {np.shape(images)})")
+    return host_views[0], host_views[1]
   aug = get(aug)
   images, sample_ids = _check_batch(images, sample_ids)
   view_keys = jnp.stack([jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)])
@@ -649,7 +661,7 @@ def multi_crop(aug: Union[str, Augmentation], crops: MultiCrop, key: jax.Array, 
   if not isinstance(crops, MultiCrop):
     raise TypeError(f"crops must be a MultiCrop, got {crops!r}")
   images, sample_ids = _check_batch(images, sample_ids)
-  views = []
+  views: list[jax.Array] = []
   first = 0
   for count, size, scale in ((crops.num_global, crops.global_size, crops.global_scale),
                              (crops.num_local, crops.local_size, crops.local_scale)):

@@ -32,7 +32,8 @@ import os
 import queue
 import threading
 import warnings
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import (Any, Callable, Generator, Iterable, Iterator, Protocol, Sequence,
+                    runtime_checkable)
 
 import numpy as np
 
@@ -58,8 +59,15 @@ class Split(Protocol):
   `labels` holds every label (int32 `[len(split)]`), `image_shape` is `(H, W, C)`.
   """
 
-  labels: np.ndarray
-  image_shape: tuple[int, int, int]
+  # Read-only properties: a split may compute them (`LazyImageSplit.image_shape`) or read
+  # them once, on first use (`RecordImageSplit.labels`).
+  @property
+  def labels(self) -> np.ndarray:
+    ...
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    ...
 
   def __len__(self) -> int:
     ...
@@ -97,7 +105,8 @@ class ArraySplit:
                        f"images and {len(labels)} labels")
     self.images = images
     self.labels = labels
-    self.image_shape = tuple(int(d) for d in images.shape[1:])
+    height, width, channels = images.shape[1:]
+    self.image_shape = (int(height), int(width), int(channels))
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -122,10 +131,14 @@ class LazyImageSplit:
 
   image_size: int
   num_threads: int | None = None
+  labels: np.ndarray
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
     return (self.image_size, self.image_size, 3)
+
+  def __len__(self) -> int:
+    raise NotImplementedError
 
   def open(self, index: int):
     raise NotImplementedError
@@ -194,8 +207,10 @@ class RecordImageSplit(LazyImageSplit):
   def __len__(self) -> int:
     return len(self.source)
 
+  # A cached_property is writeable (it caches in the instance's __dict__), as the base's
+  # attribute is, but mypy's override check counts it as a read-only property.
   @functools.cached_property
-  def labels(self) -> np.ndarray:
+  def labels(self) -> np.ndarray:  # type: ignore[override]
     return np.array([self.source[i]["label"] for i in range(len(self))], dtype=np.int32)
 
   def label(self, index: int) -> int:
@@ -463,15 +478,15 @@ def _list_class_files(path: str, class_names: Sequence[str], *, on_bad_file: str
   _report(path, bad, len(files), "files are not readable images", on_bad_file)
   keep = [i for i, r in enumerate(reasons) if r is None]
   files = [files[i] for i in keep]
-  labels = np.array([labels[i] for i in keep], dtype=np.int32)
-  counts = np.bincount(labels, minlength=len(class_names))
+  kept_labels = np.array([labels[i] for i in keep], dtype=np.int32)
+  counts = np.bincount(kept_labels, minlength=len(class_names))
   empty = [name for c, name in enumerate(class_names) if counts[c] == 0] if report_empty else []
   _report(path, [f"{name!r}" for name in empty], len(class_names),
           "class folders hold no readable image", on_bad_file,
           action="kept as classes without images")
   if not files:
     raise ValueError(f"image folder {path!r} holds no readable images")
-  return files, labels
+  return files, kept_labels
 
 
 def _class_folders(path: str) -> list[str]:
@@ -508,33 +523,34 @@ def _load_imagefolder(path: str, *, seed: int, image_size: int = 224,
   if not os.path.isdir(path):
     raise NotADirectoryError(f"image folder {path!r} is not a directory")
   top = _class_folders(path)
-  test_folder = next((f for f in _SPLIT_FOLDERS["test"] if f in top), None)
-  split_layout = "train" in top and test_folder is not None
-  root = os.path.join(path, "train") if split_layout else path
+  # Not None: the train/val layout; None: one folder of classes, split here.
+  test_folder = (next((f for f in _SPLIT_FOLDERS["test"] if f in top), None)
+                 if "train" in top else None)
+  root = os.path.join(path, "train") if test_folder is not None else path
   class_names = _class_folders(root)
   if len(class_names) < 2:
     raise ValueError(f"image folder {root!r} must hold one sub-folder per class and at least 2 "
                      f"classes, found {len(class_names)}: {class_names}")
-  options = dict(on_bad_file=on_bad_file, check_files=check_files, num_threads=num_threads)
+  list_files = functools.partial(_list_class_files, on_bad_file=on_bad_file,
+                                 check_files=check_files, num_threads=num_threads)
   make = functools.partial(FileSplit, image_size=image_size, num_threads=num_threads)
-  if split_layout:
+  if test_folder is not None:
     test_root = os.path.join(path, test_folder)
     unknown = sorted(set(_class_folders(test_root)) - set(class_names))
     if unknown:
       raise ValueError(f"image folder {test_root!r} has class folders {unknown} that "
                        f"{root!r} lacks; the classes are train's sub-folders")
-    train_files, train_labels = _list_class_files(root, class_names, **options)
+    train_files, train_labels = list_files(root, class_names)
     # The evaluation split may lack classes (a held-out subset): not a problem there.
-    test_files, test_labels = _list_class_files(test_root, class_names, report_empty=False,
-                                                **options)
+    test_files, test_labels = list_files(test_root, class_names, report_empty=False)
     train, test = make(train_files, train_labels), make(test_files, test_labels)
   else:
-    files, labels = _list_class_files(root, class_names, **options)
+    files, labels = list_files(root, class_names)
     train_rows, test_rows = stratified_split(labels, test_fraction=test_fraction, seed=seed,
                                              what=f"imagefolder:{path}")
-    files = np.asarray(files)
-    train = make(files[train_rows], labels[train_rows])
-    test = make(files[test_rows], labels[test_rows])
+    paths = np.asarray(files)
+    train = make(paths[train_rows], labels[train_rows])
+    test = make(paths[test_rows], labels[test_rows])
   return ImageDataset(name=f"imagefolder:{path}", train=train, test=test,
                       num_classes=len(class_names), class_names=tuple(class_names))
 
@@ -690,6 +706,7 @@ def _load_tfds(name: str, *, seed: int, data_dir: str | None = None,
   label = features["label"]
   if not hasattr(label, "names"):
     raise ValueError(f"TFDS dataset {name!r}: field 'label' must be a ClassLabel, got {label}")
+  splits: dict[str, Split]
   if image_size is not None:
     splits = {part: RecordImageSplit(sources[part], image_size=image_size)
               for part in ("train", "test")}
@@ -794,7 +811,8 @@ def _batches(split: Split, batch_size: int, seed: int, start_step: int, process_
   steps_per_epoch = len(split) // batch_size
   local = batch_size // process_count
   local_start = process_index * local
-  epoch, permutation = -1, None
+  epoch = start_step // steps_per_epoch
+  permutation = np.random.default_rng([seed, epoch]).permutation(len(split))
   step = start_step
   while True:
     if step // steps_per_epoch != epoch:
@@ -808,7 +826,7 @@ def _batches(split: Split, batch_size: int, seed: int, start_step: int, process_
 _ITEM, _END, _ERROR = "item", "end", "error"
 
 
-def prefetch(iterator: Iterable[Any], size: int = 2) -> Iterator[Any]:
+def prefetch(iterator: Iterable[Any], size: int = 2) -> Generator[Any, None, None]:
   """The items of `iterator`, produced up to `size` ahead by a background thread.
 
   Overlaps host-side batch loading with device compute. An exception raised by `iterator`

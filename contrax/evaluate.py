@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 import flax.linen as nn
 import jax
@@ -91,7 +91,9 @@ def _encode(model: nn.Module, variables: Any, images: jax.Array) -> jax.Array:
   # reuse one compilation instead of tracing a fresh closure per call.
   if jnp.issubdtype(images.dtype, jnp.integer):
     images = images.astype(jnp.float32) / 255.0
-  return model.apply(variables, images, train=False, method="encode")
+  # Without `mutable`, apply returns the method's output alone (its annotation is the union
+  # of that and the (output, mutated variables) pair it returns with `mutable`).
+  return cast(jax.Array, model.apply(variables, images, train=False, method="encode"))
 
 
 def extract_features(model: nn.Module, variables: Any, split, *,

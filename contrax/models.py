@@ -180,7 +180,7 @@ class ResNet18(nn.Module):
 def _initialised_shape(module: nn.Module, *path: str) -> Optional[tuple]:
   """The shape of the parameter at `path` under `module` if it exists (outside `init`), else
   None: lets a module read back an architecture choice it made from the image size at init."""
-  tree = module.variables.get("params", {})
+  tree: Any = module.variables.get("params", {})  # nested mappings, an array at the end
   for key in path:
     if key not in tree:
       return None
@@ -417,6 +417,7 @@ def create(name: str, *, projection_dim: int = 128, hidden_dim: Optional[int] = 
   _checks.positive_int("projection_dim", projection_dim)
   if hidden_dim is not None:
     _checks.positive_int("hidden_dim", hidden_dim)
+  encoder: nn.Module
   if name == "mlp":
     encoder = MLP(dtype=dtype, **encoder_kwargs)
   elif name == "convnet":

@@ -205,7 +205,9 @@ def _implicit_diff(cost: jax.Array, marginals: str) -> implicit_differentiation.
   options = {"ridge_identity": 10.0 * float(jnp.finfo(cost.dtype).eps),
              "ridge_kernel": 1.0 / k if marginals == "balanced" else 0.0,
              "nonsym_solver": _dense_lu}
-  return implicit_differentiation.ImplicitDiff(solver_kwargs=options)
+  # ott makes ImplicitDiff a dataclass inside its register_pytree_node decorator (typed
+  # `type -> type`), so mypy does not see the dataclass's __init__ and its fields.
+  return implicit_differentiation.ImplicitDiff(solver_kwargs=options)  # type: ignore[call-arg]
 
 
 def row_normalised_weights(cost: jax.Array, g: jax.Array, epsilon,
@@ -251,7 +253,8 @@ def _entropic_solve(cost, a, b, *, epsilon, marginals, tau, num_iterations, grad
     out = solver(problem)
     f, g = out.f, out.g
     pi = out.matrix
-    iterations, solver_converged = out.n_iters, out.converged
+    # Arrays at run time; ott annotates them `int` and `Optional[bool]`.
+    iterations, solver_converged = jnp.asarray(out.n_iters), jnp.asarray(out.converged)
   if keep_mask is not None:
     pi = jnp.where(keep_mask, pi, 0.0)
   weights = row_normalised_weights(cost, g, epsilon, keep_mask)

@@ -142,7 +142,7 @@ def _varies_over(x: jax.Array, axis_name: str) -> bool:
   aval = jax.typeof(x)
   varying = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
   if varying is None:  # the attribute's name before JAX 0.9
-    varying = getattr(aval, "vma", frozenset())
+    return axis_name in getattr(aval, "vma", frozenset())
   return axis_name in varying
 
 

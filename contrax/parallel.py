@@ -82,7 +82,8 @@ def make_mesh(num_devices: Optional[int] = None, *, model_axis_size: int = 1) ->
                      f"the same number of devices), got {num_devices}")
   per_process = num_devices // len(blocks)
   chosen = [d for p in sorted(blocks) for d in blocks[p][:per_process]]
-  shape, names = (num_devices,), (DATA_AXIS,)
+  shape: tuple[int, ...] = (num_devices,)
+  names: tuple[str, ...] = (DATA_AXIS,)
   if model_axis_size > 1:
     shape, names = (num_devices // model_axis_size, model_axis_size), (DATA_AXIS, MODEL_AXIS)
   axis_types = (AXIS_TYPE,) * len(shape)
@@ -237,8 +238,9 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
                      f"for auto-detection on TPU pods, Slurm, Open MPI); missing: "
                      f"{', '.join(missing)}")
   if not missing:
-    if not isinstance(coordinator_address, str) or not _ADDRESS.match(coordinator_address) \
-        or not 0 < int(_ADDRESS.match(coordinator_address).group(1)) < 65536:
+    address = (_ADDRESS.match(coordinator_address) if isinstance(coordinator_address, str)
+               else None)
+    if address is None or not 0 < int(address.group(1)) < 65536:
       raise ValueError(f"coordinator_address must be 'host:port' with a port in [1, 65535], got "
                        f"{coordinator_address!r}")
     num_processes = _checks.positive_int("num_processes", num_processes)

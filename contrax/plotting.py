@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.typing import ColorType
 
 __all__ = [
     "save", "line_figure", "line_plot", "loss_figure", "accuracy_figure", "heatmap",
@@ -82,7 +83,7 @@ def loss_figure(records: Sequence[Mapping]) -> Figure:
                      xlabel="step", ylabel="loss", title="training loss")
 
 
-def _label_value(ax, x: float, y: float, color: str, *, offset: tuple[int, int],
+def _label_value(ax, x: float, y: float, color: ColorType, *, offset: tuple[int, int],
                  ha: str) -> None:
   ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=offset, ha=ha,
               va="center", fontsize=7, color=color)

@@ -71,7 +71,8 @@ class MetricsLog:
 
   def __init__(self, path: str, enabled: bool, tensorboard_dir: Optional[str] = None):
     self.path, self.enabled, self.tensorboard_dir = path, enabled, tensorboard_dir
-    self._writer, self._purge_step = None, None
+    self._writer: Any = None  # a tensorboardX SummaryWriter, made on first use
+    self._purge_step: Optional[int] = None
 
   def _tensorboard(self):
     if self._writer is None and self.enabled and self.tensorboard_dir:
@@ -229,7 +230,10 @@ class Preempted(Exception):
 def _jax_preemption_service() -> bool:
   """Whether JAX's preemption sync manager runs here (`jax.distributed` initialised with
   `jax_enable_preemption_service`, the default): it catches SIGTERM itself."""
-  return bool(jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service)
+  # JAX registers its config flags as attributes at runtime (Config._HAS_DYNAMIC_ATTRIBUTES is
+  # a pytype marker, which mypy does not read), so the flag is unknown to mypy.
+  return bool(jax.distributed.is_initialized()
+              and jax.config.jax_enable_preemption_service)  # type: ignore[attr-defined]
 
 
 class PreemptionWatch:

@@ -125,7 +125,7 @@ def _encoder_options(config: ml_collections.ConfigDict) -> dict:
   if widths and config.model not in ("convnet", "resnet18", "resnet50"):
     raise ValueError(f"widths={widths!r} applies to the convnet and resnet18 models "
                      f"(and resnet50), not {config.model!r}")
-  options = {"widths": widths} if widths else {}
+  options: dict[str, Any] = {"widths": widths} if widths else {}
   patch_size = config.get("patch_size", 0)
   if patch_size:
     _checks.positive_int("patch_size", patch_size)
@@ -265,7 +265,8 @@ def make_train_step(method: methods.Method, optimizer: optax.GradientTransformat
     params = optax.apply_updates(state.params, updates)
     extra = method.update_extra(state.extra, params, outputs, axis_name=axis, step=state.step)
     features, projections = first_view_embeddings(state, views, outputs)
-    probe_state, probe_metrics = state.probe, {}
+    probe_state = state.probe
+    probe_metrics: dict[str, jax.Array] = {}
     if probe is not None:
       probe_state, probe_metrics = monitor.probe_step(state.probe, probe, features, labels,
                                                       axis_name=axis)

@@ -132,9 +132,10 @@ def phi_psi_loss_pairs(pairs: Pairs, phi, psi=None) -> jax.Array:
   family = _family(phi, psi)
   x = _margins(pairs)
   neg = pairs.negative_mask
-  if family.has_log_form:
-    log_xi = jax.nn.logsumexp(jnp.where(neg, family.log_psi(x), NEG_INF), axis=1)
-    per_row = family.phi_of_log(log_xi)
+  log_psi, phi_of_log = family.log_psi, family.phi_of_log
+  if log_psi is not None and phi_of_log is not None:  # family.has_log_form
+    log_xi = jax.nn.logsumexp(jnp.where(neg, log_psi(x), NEG_INF), axis=1)
+    per_row = phi_of_log(log_xi)
   else:
     per_row = family.phi(jnp.sum(jnp.where(neg, family.psi(x), 0.0), axis=1))
   return pairs.global_mean(per_row)
@@ -155,12 +156,13 @@ def alpha_from_phi_psi_pairs(pairs: Pairs, phi, psi=None) -> jax.Array:
   family = _family(phi, psi)
   x = _margins(pairs)
   neg = pairs.negative_mask
-  if family.has_log_form:
-    log_psi = jnp.where(neg, family.log_psi(x), NEG_INF)
+  log_psi_fn, phi_of_log = family.log_psi, family.phi_of_log
+  if log_psi_fn is not None and phi_of_log is not None:  # family.has_log_form
+    log_psi = jnp.where(neg, log_psi_fn(x), NEG_INF)
     log_xi = jax.nn.logsumexp(log_psi, axis=1, keepdims=True)
-    outer = _derivative(family.phi_of_log, log_xi)
+    outer = _derivative(phi_of_log, log_xi)
     ratio = jnp.exp(log_psi - jnp.where(jnp.isfinite(log_xi), log_xi, 0.0))
-    alpha = outer * ratio * _derivative(family.log_psi, x)
+    alpha = outer * ratio * _derivative(log_psi_fn, x)
   else:
     xi = jnp.sum(jnp.where(neg, family.psi(x), 0.0), axis=1, keepdims=True)
     alpha = _derivative(family.phi, xi) * _derivative(family.psi, x)

@@ -89,24 +89,25 @@ def query_key_infonce(q: jax.Array, k: jax.Array, *, queue: Optional[jax.Array] 
   big_b = b if axis_name is None else b * jax.lax.axis_size(axis_name)
   q, k = pairs_lib.l2_normalize(q), pairs_lib.l2_normalize(k)
   log_pos = jnp.sum(q * k, axis=1) / t
-  logits, masks = [], []
+  logit_blocks: list[jax.Array] = []
+  masks: list[jax.Array] = []
   if batch_negatives:
     keys = gather_rows(k, axis_name)
     own = pairs_lib.device_offset(b, axis_name) + jnp.arange(b)
-    logits.append(q @ keys.T / t)
+    logit_blocks.append(q @ keys.T / t)
     masks.append(jnp.arange(big_b)[None, :] != own[:, None])
   if queue is not None:
     _checks.rank("queue", queue, 2)
     if queue.shape[1] != q.shape[1]:
       raise ValueError(f"queue must have {q.shape[1]} columns like q, got shape {queue.shape}")
     bank = jax.lax.stop_gradient(pairs_lib.l2_normalize(queue))
-    logits.append(q @ bank.T / t)
+    logit_blocks.append(q @ bank.T / t)
     masks.append(jnp.ones((b, queue.shape[0]), bool))
   num_negatives = (big_b - 1 if batch_negatives else 0) + (0 if queue is None else queue.shape[0])
   if num_negatives < 1:
     raise ValueError("query_key_infonce needs at least one negative: a queue, or "
                      "batch_negatives=True with a global batch of >= 2 rows")
-  logits = jnp.concatenate(logits, axis=1)
+  logits = jnp.concatenate(logit_blocks, axis=1)
   negative = jnp.concatenate(masks, axis=1)
   if beta == 0.0:
     log_neg = jax.nn.logsumexp(jnp.where(negative, logits, NEG_INF), axis=1)

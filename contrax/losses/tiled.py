@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -115,8 +115,9 @@ def _fold(m, s, masked, scales, axis: int):
 def _cotangent(masked, lse, gc, scales, axis: int) -> jax.Array:
   """d loss / d logit on a tile through the log-sum-exps of its rows (axis=1) or columns
   (axis=0): `sum_k gc_k exp(c_k s - lse_k)`, exactly 0 off the negatives."""
-  return sum(_expand(gc[k], axis) * jnp.exp(c * masked - _expand(lse[k], axis))
-             for k, c in enumerate(scales))
+  # start: sum's default int 0 as a (weak-typed) Array, so that the sum is typed an Array.
+  return sum((_expand(gc[k], axis) * jnp.exp(c * masked - _expand(lse[k], axis))
+              for k, c in enumerate(scales)), start=jnp.asarray(0))
 
 
 def _upper_pairs(n_tiles: int):
@@ -231,7 +232,7 @@ class _Block(NamedTuple):
   tiles: tuple  # (z, global index), each [n_tiles, T, ...]
   me: jax.Array
   n_devices: int
-  send: object
+  send: Callable[[jax.Array], jax.Array]  # pass to the next device on the ring
   b: int
 
   @property

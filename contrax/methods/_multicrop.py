@@ -47,7 +47,8 @@ def forward_groups(fn: Callable, views, batch_stats):
   concatenated into one batch (so BatchNorm sees all crops of one resolution together, as the
   reference implementations forward them); returns the per-view outputs (a tuple per view
   where `y` is a tuple of arrays) and the batch statistics after the last run."""
-  outputs, start = [], 0
+  outputs: list = []  # an array per view, or a tuple of arrays per view
+  start = 0
   while start < len(views):
     stop = start
     while stop < len(views) and views[stop].shape == views[start].shape:

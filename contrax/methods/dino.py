@@ -212,7 +212,7 @@ def dino_loss(student: Sequence[jax.Array], teacher: Sequence[jax.Array], center
         raise ValueError(f"{name}[{v}] has shape {x.shape}, student[0] has "
                          f"{student[0].shape}; every view needs the same [b, K]")
   log_p = [jax.nn.log_softmax(s / student_temp, axis=-1) for s in student]
-  total, terms = 0.0, 0
+  total, terms = jnp.asarray(0.0), 0  # a weak-typed zero: the dtype stays the outputs'
   for g, t in enumerate(teacher):
     q = jax.lax.stop_gradient(jax.nn.softmax((t - center) / teacher_temp, axis=-1))
     for v in range(len(student)):

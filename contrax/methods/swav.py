@@ -196,10 +196,11 @@ def swav_loss(scores: Sequence[jax.Array], *, num_global: int = 2, temperature: 
                      f"got {num_global}")
   temperature = _checks.check_temperature(temperature)
   log_p = [jax.nn.log_softmax(s / temperature, axis=1) for s in scores]
-  total = 0.0
+  total = jnp.asarray(0.0)  # a weak-typed zero: the dtype stays the scores'
   for g in range(num_global):
     q = sinkhorn(scores[g], epsilon=epsilon, num_iterations=num_iterations, axis_name=axis_name)
-    cross = sum(-jnp.sum(q * log_p[v]) for v in range(len(scores)) if v != g)
+    cross = sum((-jnp.sum(q * log_p[v]) for v in range(len(scores)) if v != g),
+                start=jnp.asarray(0))
     total = total + cross / (len(scores) - 1)
   b = scores[0].shape[0]
   big_b = b * (1 if axis_name is None else jax.lax.axis_size(axis_name))

@@ -157,7 +157,10 @@ def js(scores: jax.Array) -> jax.Array:
 
 
 def _check_tau(tau: float) -> float:
-  if isinstance(tau, (bool, np.bool_)) or not np.isscalar(tau):
+  # np.isscalar's result as a plain bool: inline, its TypeIs would narrow `tau` to NumPy's
+  # union of scalar types, which float() and the comparisons below do not accept.
+  scalar = np.isscalar(tau)
+  if isinstance(tau, (bool, np.bool_)) or not scalar:
     raise TypeError(f"tau must be a real number > 0 or inf, got {tau!r}")
   if not (tau > 0) or np.isnan(tau):
     raise ValueError(f"tau must be > 0 (inf disables the clip), got {tau!r}")
@@ -192,7 +195,9 @@ class MineState(NamedTuple):
   count: number of updates so far (for the `1 − decay^t` debiasing).
   """
   log_ema: jax.Array
-  count: jax.Array
+  # A field named `count` shadows tuple.count, which mypy reports (a known limitation for
+  # NamedTuple fields); the name is public API, so it stays.
+  count: jax.Array  # type: ignore[assignment]
 
 
 def mine_init() -> MineState:

@@ -162,11 +162,12 @@ def parameter_movement(params_t: PyTree, params_0: PyTree) -> dict[str, jax.Arra
   """
   flat_t, tree_t = jax.tree_util.tree_flatten_with_path(params_t)
   flat_0, tree_0 = jax.tree_util.tree_flatten_with_path(params_0)
-  if tree_t != tree_0:
+  # jaxlib ships no stub for its pytree module, so mypy cannot resolve PyTreeDef's __ne__.
+  if tree_t != tree_0:  # type: ignore[operator]
     raise ValueError(f"params_t and params_0 must have the same structure, got {tree_t} and "
                      f"{tree_0}")
   layer_of = lambda path: path[:-1] if len(path) > 1 else path  # noqa: E731
-  squared = {}
+  squared: dict[tuple, jax.Array] = {}  # a layer's path -> its squared norm at init
   for path, w_0 in flat_0:
     squared[layer_of(path)] = squared.get(layer_of(path), 0.0) + jnp.sum(jnp.square(w_0))
   movement = {}

@@ -96,11 +96,11 @@ def _excluding(probs: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 
 class _Members(NamedTuple):
-  """Points grouped by class: `order[start[c] : start[c] + count[c]]` are class c's points."""
+  """Points grouped by class: `order[start[c] : start[c] + sizes[c]]` are class c's points."""
   labels: np.ndarray
   order: np.ndarray
   start: np.ndarray
-  count: np.ndarray
+  sizes: np.ndarray  # not `count`, which would shadow tuple.count
   rank: np.ndarray  # rank[i]: position of point i within its class
 
 
@@ -109,11 +109,11 @@ def _members(labels) -> _Members:
   if labels.size == 0:
     raise ValueError("labels must hold at least one label, got shape (0,)")
   order = np.argsort(labels, kind="stable")
-  count = np.bincount(labels)
-  start = np.concatenate([[0], np.cumsum(count)[:-1]])
+  sizes = np.bincount(labels)
+  start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
   rank = np.empty(labels.size, np.int64)
   rank[order] = np.arange(labels.size) - start[labels[order]]
-  return _Members(labels, order, start, count, rank)
+  return _Members(labels, order, start, sizes, rank)
 
 
 def _draw_members(rng: np.random.Generator, members: _Members, classes: np.ndarray,
@@ -130,7 +130,7 @@ def _draw_members(rng: np.random.Generator, members: _Members, classes: np.ndarr
   else:
     ranks = np.zeros(classes.shape + (0,), np.int64)
     excluded = 0
-  r = np.floor(rng.random(classes.shape) * (members.count[classes] - excluded)).astype(np.int64)
+  r = np.floor(rng.random(classes.shape) * (members.sizes[classes] - excluded)).astype(np.int64)
   for j in range(ranks.shape[-1]):
     r += r >= ranks[..., j]
   return members.order[members.start[classes] + r]
@@ -157,8 +157,8 @@ def sample_tuples(rng: np.random.Generator, labels, num_tuples: int, num_negativ
   members = _members(labels)
   num_tuples = _checks.positive_int("num_tuples", num_tuples)
   k = _checks.positive_int("num_negatives", num_negatives)
-  probs = _check_class_probs(class_probs, members.count.size)
-  counts = members.count
+  probs = _check_class_probs(class_probs, members.sizes.size)
+  counts = members.sizes
   needed = 2 if collision_free else 3
   short = np.flatnonzero((probs > 0) & (counts < needed))
   if short.size:
@@ -228,17 +228,17 @@ def sample_bound_tuples(rng: np.random.Generator, labels, num_tuples: int, num_n
   members = _members(labels)
   num_tuples = _checks.positive_int("num_tuples", num_tuples)
   k = _checks.positive_int("num_negatives", num_negatives)
-  probs = _check_class_probs(class_probs, members.count.size)
+  probs = _check_class_probs(class_probs, members.sizes.size)
   if np.count_nonzero(probs) < 2:
     raise ValueError("class_probs must be > 0 on at least two classes (else every tuple "
                      f"collides and τ_k = 1), got {probs.tolist()}")
-  s = int(members.count.min()) if pool_size is None else _checks.positive_int("pool_size",
+  s = int(members.sizes.min()) if pool_size is None else _checks.positive_int("pool_size",
                                                                                pool_size)
-  if members.count.min() < s:
-    raise ValueError(f"pool_size must be <= the smallest class count {members.count.min()}, "
+  if members.sizes.min() < s:
+    raise ValueError(f"pool_size must be <= the smallest class count {members.sizes.min()}, "
                      f"got {s}")
   pools = np.stack([rng.choice(members.order[a:a + c], size=s, replace=False)
-                    for a, c in zip(members.start, members.count)])
+                    for a, c in zip(members.start, members.sizes)])
 
   free_class = _categorical(rng, probs * (1.0 - probs) ** k, (num_tuples,))
   free_negatives = _categorical(rng, _excluding(probs, free_class), (num_tuples, k))
