@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable, Mapping
 
@@ -173,8 +174,6 @@ def _finished(run_dir: str, cell: Mapping, seed: int) -> dict | None:
 def write_tensorboard(workdir: str, records: list[dict], metrics: Mapping[str, str]) -> str:
   """Rewrite `workdir/tensorboard`: one HParams session per record (`cell`, `seed`) with its
   numeric `metrics` as scalars `study/<metric>`; returns the directory."""
-  import shutil
-
   from tensorboardX import SummaryWriter  # imported here: it loads protobuf
 
   path = os.path.join(workdir, "tensorboard")
