@@ -4,8 +4,18 @@ The flag must be set before JAX initialises its backend; single-device tests bui
 mesh of size 1 explicitly.
 """
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
   os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+
+# JAX's persistent compilation cache: tests (and the processes they spawn, which inherit the
+# environment) compile many identical programs (the same tiny step for several seeds, methods
+# or runs), and XLA's CPU compile dominates their time. A cached executable is the one XLA
+# would compile again for the same program, flags and JAX version (the cache key), so results
+# are unchanged; `.ci/run` points every stage at one fresh folder.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "contrax-tests-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
