@@ -161,6 +161,22 @@ def write_json(path: str, value) -> str:
   return path
 
 
+def write_result(workdir: str, name: str, result: dict, markdown: Callable[[dict], str]) -> None:
+  """A study part's `workdir/<name>.json` (`result`) and `workdir/<name>.md` (its table)."""
+  write_json(os.path.join(workdir, f"{name}.json"), result)
+  with open(os.path.join(workdir, f"{name}.md"), "w") as f:
+    f.write(markdown(result))
+
+
+def save_figure(fig, path: str) -> None:
+  """A pyplot figure laid out tightly, written to `path` and closed."""
+  import matplotlib.pyplot as plt  # imported here: the harness itself draws nothing
+
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
 def check_choices(field: str, values, choices) -> None:
   """Every entry of `values` is one of `choices`, else ValueError naming the config `field`."""
   for value in values:
