@@ -92,8 +92,9 @@ def test_every_part_runs_end_to_end_at_tiny_size(tmp_path):
   config = exp.tiny_config()
   summary = exp.run(config, workdir)
   for name in ("config.json", "summary.json", "staircase.json", "staircase.md",
-               "staircase_b16.png", "small_batch.json", "small_batch.png", "measure.json",
-               "measure.png", "infomin.json", "infomin.png"):
+               "staircase_b16.png", "small_batch.json", "small_batch.md", "small_batch.png",
+               "measure.json", "measure.md", "measure.png", "infomin.json", "infomin.md",
+               "infomin.png"):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert "could not be read" in summary["note"]
   for row in summary["small_batch"]["rows"]:
