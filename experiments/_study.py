@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 import numpy as np
+from tqdm.auto import tqdm
 
 from contrax import objectives, runs
 
@@ -153,9 +154,39 @@ def pretrain(run_config: ml_collections.ConfigDict, run_dir: str, dataset) -> di
   return train.pretrain_once(train_config(run_config), run_dir, dataset=dataset)
 
 
-def _write_json(path: str, value) -> None:
+def write_json(path: str, value) -> str:
+  """`value` as indented JSON at `path` (NumPy and JAX scalars as floats); returns `path`."""
   with open(path, "w") as f:
-    json.dump(value, f, indent=2)
+    json.dump(value, f, indent=2, default=float)
+  return path
+
+
+def write_result(workdir: str, name: str, result: dict, markdown: Callable[[dict], str]) -> None:
+  """A study part's `workdir/<name>.json` (`result`) and `workdir/<name>.md` (its table)."""
+  write_json(os.path.join(workdir, f"{name}.json"), result)
+  with open(os.path.join(workdir, f"{name}.md"), "w") as f:
+    f.write(markdown(result))
+
+
+def save_figure(fig, path: str) -> None:
+  """A pyplot figure laid out tightly, written to `path` and closed."""
+  import matplotlib.pyplot as plt  # imported here: the harness itself draws nothing
+
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def check_choices(field: str, values, choices) -> None:
+  """Every entry of `values` is one of `choices`, else ValueError naming the config `field`."""
+  for value in values:
+    if value not in choices:
+      raise ValueError(f"unknown value {value!r} in {field}; valid choices: {tuple(choices)}")
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True):
+  """A tqdm bar of `total` steps that leaves no line behind (disabled: a no-op bar)."""
+  return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
 def _finished(run_dir: str, cell: Mapping, seed: int) -> dict | None:
@@ -203,7 +234,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     raise ValueError(f"reference {reference!r} is not a cell; cells: {list(cells)}")
   configs = {name: apply_cell(config, cell) for name, cell in cells.items()}  # checks all first
   os.makedirs(workdir, exist_ok=True)
-  _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  write_json(os.path.join(workdir, "config.json"), config.to_dict())
   start = time.time()
   records, datasets = [], {}
   for seed in seeds:
@@ -219,10 +250,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
         os.makedirs(run_dir, exist_ok=True)
         record = dict(cell=name, seed=seed, cell_overrides=dict(cell),
                       **run_one(run_config, run_dir, datasets[key]))
-        _write_json(os.path.join(run_dir, "record.json"), record)
+        write_json(os.path.join(run_dir, "record.json"), record)
       records.append(record)
       print(json.dumps(record), flush=True)
-      _write_json(os.path.join(workdir, "results.json"), records)
+      write_json(os.path.join(workdir, "results.json"), records)
   stats = aggregate(records, metrics, reference, paired_metrics)
   write_tensorboard(workdir, records, metrics)
   text = table(stats, metrics, reference, title)
@@ -231,7 +262,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   if plot is not None:
     plot(stats, records, workdir)
   summary = dict(stats=stats, runs=len(records), wall_seconds=time.time() - start, std=STD_NOTE)
-  _write_json(os.path.join(workdir, "summary.json"), summary)
+  write_json(os.path.join(workdir, "summary.json"), summary)
   print(text)
   return summary
 

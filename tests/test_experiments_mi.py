@@ -1,10 +1,9 @@
-"""experiments/mutual_information.py at tiny size and its helpers.
+"""experiments/mutual_information.py and its parts (experiments/mi_*.py) at tiny size.
 
 Its notebook is executed by tests/test_notebooks.py.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -19,20 +18,15 @@ from contrax import mi
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_experiment():
-  spec = importlib.util.spec_from_file_location(
-      "mutual_information", os.path.join(ROOT, "experiments", "mutual_information.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-exp = _load_experiment()
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import mi_infomin  # noqa: E402
+import mi_small_batch  # noqa: E402
+import mutual_information as exp  # noqa: E402
 
 
 def test_small_batch_task_attains_the_configured_mi():
   c = exp.get_config().small_batch
-  rho = exp.small_batch_rho(c)
+  rho = mi_small_batch.small_batch_rho(c)
   best = np.eye(c.dim)[:c.features]  # the strongest `features` dimensions
   assert mi.linear_features_mi(rho, best) == pytest.approx(c.attainable_mi_nats, rel=1e-9)
   assert mi.gaussian_mi(rho) == pytest.approx(
@@ -43,7 +37,7 @@ def test_small_batch_task_attains_the_configured_mi():
 
 
 def test_infomin_flip_probs_share_the_requested_bits():
-  probs = exp.infomin_flip_probs(4, 4, 3, 1)
+  probs = mi_infomin.infomin_flip_probs(4, 4, 3, 1)
   np.testing.assert_array_equal(probs, [0, 0, 0, 0.5, 0, 0.5, 0.5, 0.5])
   assert mi.label_channel_mi(8, probs, unit="bits") == pytest.approx(4.0)
 
@@ -63,12 +57,12 @@ def test_invalid_config_is_rejected_naming_the_field():
     exp.validate_config(config)
 
 
-def test_cli_runs_the_staircase_at_tiny_size(tmp_path):
+def test_staircase_script_runs_alone_at_tiny_size(tmp_path):
   workdir = str(tmp_path / "run")
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   done = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "experiments", "mutual_information.py"),
-       f"--workdir={workdir}", "--config.parts=staircase", "--config.progress=false",
+      [sys.executable, os.path.join(ROOT, "experiments", "mi_staircase.py"),
+       f"--workdir={workdir}", "--config.progress=false",
        "--config.chunk=10", "--config.staircase.levels_nats=1.0,3.0", "--config.staircase.dim=4",
        "--config.staircase.batch_sizes=8", "--config.staircase.critics=bilinear",
        "--config.staircase.steps_per_level=10"],
@@ -77,6 +71,7 @@ def test_cli_runs_the_staircase_at_tiny_size(tmp_path):
   assert f"run directory: {os.path.abspath(workdir)}" in done.stdout
   config = json.load(open(os.path.join(workdir, "config.json")))
   assert config["parts"] == ["staircase"] and config["staircase"]["batch_sizes"] == [8]
+  assert config["name"] == "mi_staircase" and "measure" not in config
   assert config["staircase"]["levels_nats"] == [1.0, 3.0] and config["chunk"] == 10
   for name in ("config.json", "staircase.json", "staircase.md", "staircase_b8.png",
                "summary.json"):
@@ -97,8 +92,9 @@ def test_every_part_runs_end_to_end_at_tiny_size(tmp_path):
   config = exp.tiny_config()
   summary = exp.run(config, workdir)
   for name in ("config.json", "summary.json", "staircase.json", "staircase.md",
-               "staircase_b16.png", "small_batch.json", "small_batch.png", "measure.json",
-               "measure.png", "infomin.json", "infomin.png"):
+               "staircase_b16.png", "small_batch.json", "small_batch.md", "small_batch.png",
+               "measure.json", "measure.md", "measure.png", "infomin.json", "infomin.md",
+               "infomin.png"):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert "could not be read" in summary["note"]
   for row in summary["small_batch"]["rows"]:

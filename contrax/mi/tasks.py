@@ -8,7 +8,7 @@ exact statements could not be read).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax
 import jax
@@ -259,3 +259,20 @@ def sample_label_channel(key: jax.Array, channel: LabelChannel, num_pairs: int
   x2 = _tile(channel.images[channel.class_rows[bits2, pos2]])
   return x1, x2, bits1, bits2
 
+
+
+def flatten_views(images: jax.Array) -> jax.Array:
+  """uint8 views `[P, H, W, C]` → float32 rows `[P, H·W·C]` in [0, 1] (an MLP's inputs)."""
+  _checks.rank("images", images, 4)
+  return images.reshape(images.shape[0], -1).astype(jnp.float32) / 255.0
+
+
+def label_channel_views(channel: LabelChannel) -> Callable:
+  """`(key, num_pairs) -> (x1, x2)`: `flatten_views` of `num_pairs` sampled pairs of `channel`
+  (a pair sampler for `contrax.mi.infonce_step`; pure and jittable)."""
+
+  def sample_views(key, num_pairs):
+    x1, x2, _, _ = sample_label_channel(key, channel, num_pairs)
+    return flatten_views(x1), flatten_views(x2)
+
+  return sample_views

@@ -7,6 +7,10 @@
   supports; `fresh_critic_estimate` trains a fresh critic on a frozen representation.
 - `masked_infonce`, `pair_scores`, `infonce_step`: InfoNCE training of a shared encoder
   with a fixed dot-product or negative-distance critic (several batch sizes in one program).
+- `chunked_scan`: any of these `lax.scan` bodies run in jitted chunks of steps (progress
+  between chunks, one compile per chunk length).
+- `probe_features`, `bit_probe_accuracies`: linear probes of (stacked) representations on the
+  bits of `contrax.mi.tasks.label_channel` pairs.
 """
 from __future__ import annotations
 
@@ -20,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from contrax import _checks
+from contrax import _checks, evaluate
 from contrax.mi import critics as critics_lib
-from contrax.mi import estimators
+from contrax.mi import estimators, tasks
 
 SMILE_TAUS = {"smile-1": 1.0, "smile-5": 5.0, "smile-inf": math.inf}
 """The clip τ of every SMILE estimator name of `ESTIMATORS`."""
@@ -287,3 +291,83 @@ def infonce_step(apply: Callable, sample_views: Callable, batch: int,
     return (optax.apply_updates(params, updates), opt_state), -value
 
   return step
+
+
+# ----------------------------------------------------------------------------- loops and probes
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _scan(make_step, carry, keys, xs, consts):
+  return jax.lax.scan(make_step(consts), carry, (keys, xs))
+
+
+def chunked_scan(make_step: Callable, carry, keys: jax.Array, xs=None, consts=None, *,
+                 chunk: int, on_chunk: Optional[Callable[[int], object]] = None):
+  """`lax.scan(make_step(consts), carry, (keys, xs))`, run as jitted calls of `chunk` steps.
+
+  Step t of the scan gets `(keys[t], xs[t])` (`xs`: a pytree of per-step arrays, or None).
+  Large arrays the step needs (image pools) travel in `consts` as arguments of the jitted
+  call, so they are not baked into the compiled program as constants; `make_step(consts)`
+  returns the scan body. The program is compiled once per `make_step` (keep passing the same
+  function object) and chunk length: a shorter last chunk compiles once more. Between calls
+  `on_chunk(steps in the chunk)` reports progress (e.g. a tqdm bar's `update`).
+
+  Returns the final carry and the per-step outputs stacked over all steps as NumPy arrays
+  (None when `keys` is empty).
+  """
+  chunk = _checks.positive_int("chunk", chunk)
+  num_steps = len(keys)
+  for leaf in jax.tree.leaves(xs):
+    if len(leaf) != num_steps:
+      raise ValueError(f"xs must hold one entry per key ({num_steps}), got a leaf of shape "
+                       f"{tuple(leaf.shape)}")
+  outputs = []
+  for start in range(0, num_steps, chunk):
+    stop = min(start + chunk, num_steps)
+    carry, out = _scan(make_step, carry, keys[start:stop],
+                       jax.tree.map(lambda a: a[start:stop], xs), consts)
+    outputs.append(jax.tree.map(np.asarray, out))
+    if on_chunk is not None:
+      on_chunk(stop - start)
+  return carry, (jax.tree.map(lambda *a: np.concatenate(a), *outputs) if outputs else None)
+
+
+def probe_features(apply: Callable, reps, channels: Sequence[tasks.LabelChannel],
+                   key: jax.Array, num_pairs: int) -> list:
+  """View-1 features of every representation and their bits, on `num_pairs` pairs of each
+  label channel: `[(features [R, num_pairs, d], bits [num_pairs, n]) per channel]`.
+
+  `reps` stacks R representations on the leading axis of its leaves; `apply(rep, x)` maps
+  flattened views (`label_channel_views`) to features. Pair sets are drawn with
+  `fold_in(key, channel index)`. Traceable (jit it with the representations' training).
+  """
+  num_pairs = _checks.positive_int("num_pairs", num_pairs)
+  out = []
+  for i, channel in enumerate(channels):
+    x1, _, bits1, _ = tasks.sample_label_channel(jax.random.fold_in(key, i), channel, num_pairs)
+    out.append((jax.vmap(apply, in_axes=(0, None))(reps, tasks.flatten_views(x1)), bits1))
+  return out
+
+
+def bit_probe_accuracies(probe_data: Sequence, bit_groups: dict) -> list[dict]:
+  """Per representation, `{group: mean over the group's bits of the test accuracy of a
+  linear probe on that bit}`.
+
+  `probe_data` is `probe_features` of a train and a test channel: the train channel's features
+  fit `contrax.evaluate.linear_probe` (standardised features, L2 chosen on a stratified
+  validation split of the training features), the test channel's score it. `bit_groups`
+  maps a name to a slice of the bits, e.g. `{"task": slice(0, 4), "nuisance": slice(4, None)}`.
+  """
+  if len(probe_data) != 2:
+    raise ValueError(f"probe_data must hold a train and a test channel's features, got "
+                     f"{len(probe_data)} entries")
+  (train_f, train_b), (test_f, test_b) = [(np.asarray(f), np.asarray(b)) for f, b in probe_data]
+
+  def accuracy(r, bits):
+    train, test = train_b[:, bits], test_b[:, bits]
+    return float(np.mean([
+        evaluate.linear_probe(train_f[r], train[:, k], test_f[r], test[:, k],
+                              num_classes=2)["accuracy"] for k in range(train.shape[1])]))
+
+  return [{name: accuracy(r, bits) for name, bits in bit_groups.items()}
+          for r in range(train_f.shape[0])]
