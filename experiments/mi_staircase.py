@@ -5,8 +5,9 @@ Critics trained on correlated Gaussians (dimension 20) whose true MI steps throu
 10 nats; every estimator (InfoNCE, NWJ, DV, MINE, JS, SMILE-1/5/∞) with every critic
 (separable, bilinear, concat) at batch 64 and 256. JS and SMILE(τ) share one JS-trained
 critic (SMILE trains with the JS gradient, Song & Ermon 2020) and differ in the readout.
-Per run: the estimate of every estimator at every step. Table: mean ± std (over the steps,
-ddof = 0) of the estimate over the last quarter of each level; plot: the classic staircase.
+Per run: the estimate of every estimator at every step. Table: mean ± sample std (over the
+steps, ddof = 1, as every table of contrax) and RMSE to the truth of the estimate over the last
+quarter of each level; plot: the classic staircase.
 
 Command (every config field is a flag, e.g. `--config.staircase.steps_per_level=200`;
 tuples as `--config.staircase.batch_sizes=64,256`); `experiments/mutual_information.py`
@@ -88,7 +89,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   levels = [float(v) for v in c.levels_nats]
   rhos = np.repeat([mi.gaussian_correlation(v, c.dim) for v in levels], c.steps_per_level)
   truth = np.repeat(levels, c.steps_per_level)
-  tail = max(1, int(round(c.tail_fraction * c.steps_per_level)))
+  tail = max(2, int(round(c.tail_fraction * c.steps_per_level)))
   runs = [(critic, b) for b in c.batch_sizes for critic in c.critics]
   bar = _study.progress_bar(len(runs) * len(rhos), "(a) staircase", config.progress)
   traces, table = {}, []
@@ -110,10 +111,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       traces[(critic_name, batch, estimator)] = trace
       for i, level in enumerate(levels):
         window = trace[(i + 1) * c.steps_per_level - tail:(i + 1) * c.steps_per_level]
-        mean, std = float(np.mean(window)), float(np.std(window))
+        mean, std = float(np.mean(window)), float(np.std(window, ddof=1))
         table.append(dict(critic=critic_name, batch_size=batch, estimator=estimator,
                           true_mi_nats=level, mean_nats=mean, std_nats=std,
-                          rmse_nats=float(np.sqrt((mean - level)**2 + std**2)),
+                          rmse_nats=float(np.sqrt(np.mean((np.asarray(window) - level)**2))),
                           relative_error=float((mean - level) / level)))
   bar.close()
   result = dict(note=RECONSTRUCTION_NOTE, levels_nats=levels, dim=c.dim,
@@ -176,8 +177,8 @@ def markdown(result: dict) -> str:
   best = {(b["critic"], b["batch_size"], b["true_mi_nats"]): b["estimator"]
           for b in result["best_by_setting"]}
   head = "| critic | batch | estimator | " + " | ".join(f"I = {v:g}" for v in levels) + " |"
-  lines = [f"Estimate (nats), mean ± std over the last {result['tail_steps']} steps of each "
-           f"level; **bold** = smallest RMSE in its column for that critic and batch. "
+  lines = [f"Estimate (nats), mean ± sample std (ddof = 1) over the last "
+           f"{result['tail_steps']} steps of each level; **bold** = smallest RMSE in its column for that critic and batch. "
            + result["note"], "", head, "|" + "---|" * (3 + len(levels))]
   keys = sorted({k[:3] for k in cells}, key=lambda k: (k[1], k[0], mi.ESTIMATORS.index(k[2])))
   for critic, batch, estimator in keys:

@@ -189,3 +189,26 @@ def test_one_gather_and_one_similarity_matmul_per_step(preset):
   assert gathers == 1 and lowered_gathers == 1
   assert wide_reductions == []  # no psum used as a gather
   assert dots == 1
+
+
+def test_ntxent_step_gathers_the_embeddings_once_and_sends_the_columns_no_gradient():
+  """The uniform NT-Xent step (`contrax.losses._slab_ntxent.sharded_ntxent`): one all-gather of
+  the `[2b, D]` embeddings, one `[2b, 2B]` similarity matmul, and in the value-and-grad
+  program no all-reduce of a `[2B, D]` column gradient (the columns' share of each row's
+  gradient comes from the row's own slab and two gathered numbers per row)."""
+  gathers, wide_reductions, lowered_gathers, dots = collective_and_dot_counts("ntxent")
+  assert dots == 1 and wide_reductions == []
+  n_dev, b, dim = 8, 2, 8
+  mesh = Mesh(np.array(jax.devices()[:n_dev]), ("data",))
+  loss = objectives.make(config_of("ntxent"))
+  spec = P("data")
+  both = jax.jit(jax.shard_map(
+      jax.value_and_grad(lambda z1, z2: loss(z1, z2, axis_name="data"), argnums=(0, 1)),
+      mesh=mesh, in_specs=(spec, spec), out_specs=(P(), (spec, spec))))
+  z = jax.device_put(jnp.ones((n_dev * b, dim), jnp.float32), NamedSharding(mesh, spec))
+  hlo = both.lower(z, z).compile().as_text()
+  gathered = re.findall(r"= (\S+) all-gather(?:-start)?\(", hlo)
+  assert len([g for g in gathered if re.search(rf",{dim}\]", g)]) == 1, gathered
+  reduced = re.findall(r"= (\S+|\([^)]*\)) all-reduce(?:-start)?\(", hlo)
+  shapes = [shape for r in reduced for shape in re.findall(r"\w+\[[^\]]*\]", r)]
+  assert shapes and all(shape.endswith("[]") for shape in shapes), reduced  # scalars only

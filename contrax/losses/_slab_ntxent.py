@@ -1,15 +1,14 @@
 """NT-Xent with hand-written derivatives: the path every uniform-weight InfoNCE takes.
 
-`slab_ntxent`: per-row losses of one device's slab (local rows × global columns), one
-`[2b, 2B]` matmul and one exp pass forward, two matmuls backward. `stacked_ntxent`: the
-mean loss when the rows are the columns (one device), one matmul forward and one backward.
-`ntxent_mean` picks between them from the size of the data axis.
+`sharded_ntxent`: the global mean loss of the devices' slabs (local rows × global columns)
+under `shard_map`, one `[2b, 2B]` matmul and one exp pass forward, one matmul backward.
+`stacked_ntxent`: the mean loss when the rows are the columns (one device), one matmul
+forward and one backward. `ntxent_mean` picks between them from the size of the data axis.
 
 Layout (the stacked two-view batch): the global batch has B images and 2B stacked unit
 embeddings `[z1; z2]`; column j's positive is `(j + B) mod 2B`. A device holds 2b local rows
-(its anchors) and scores them against all 2B columns (all-gathered by the caller, so that
-autodiff turns the gather into a reduce-scatter of the column gradient). For local row i with
-global index g(i), positive p(i) = (g(i) + B) mod 2B and `s_ij = rows_i · cols_j`:
+(its anchors) and scores them against all 2B columns (all-gathered by the caller). For local
+row i with global index g(i), positive p(i) = (g(i) + B) mod 2B and `s_ij = rows_i · cols_j`:
 
     l_i = softplus(log Σ_{j ∉ {g(i), p(i)}} e^{s_ij/t} − s_{i,p(i)}/t)
         = −log(e^{s_{i,p(i)}/t} / Σ_{j ≠ g(i)} e^{s_ij/t})                  (NT-Xent)
@@ -17,12 +16,13 @@ global index g(i), positive p(i) = (g(i) + B) mod 2B and `s_ij = rows_i · cols_
 
 (NT-Xent: Chen et al. 2020, arXiv 2002.05709; decoupled: Yeh et al. 2022.) With P the row
 softmax over the denominator's columns and Π the positive indicator, `∂l_i/∂s_ij = Q_ij =
-(P_ij − Π_ij)/t`, so for row cotangents c the gradients are `(c ⊙ Q) cols` for the rows and
-`(c ⊙ Q)ᵀ rows` for the columns. When the rows are the columns (one device, `S = z zᵀ`
-symmetric) the gradient of `mean_i l_i` is `(Q + Qᵀ) z / 2B`: one matmul, and with the
-constant shift below `e` is symmetric, so `Qᵀ` needs no transpose (on CPU a matmul
-contracting over the rows of a `[2B, 2B]` array is ~2.5× slower than one contracting over its
-columns).
+(P_ij − Π_ij)/t`, and as `S = z zᵀ` is symmetric the gradient of `mean_i l_i` is
+`(Q + Qᵀ) z / 2B`. On one device that is one matmul, and with the constant shift below `e`
+is symmetric, so `Qᵀ` needs no transpose (on CPU a matmul contracting over the rows of a
+`[2B, 2B]` array is ~2.5× slower than one contracting over its columns). Sharded, a device
+holds rows of Q but needs the columns of Q for its own rows: by symmetry these are its own
+slab rows rescaled by the other rows' normalisers, so one all-gather of two numbers per row
+replaces the transposed matmul and the all-reduce of a `[2B, D]` column gradient.
 """
 from __future__ import annotations
 
@@ -37,8 +37,30 @@ import jax.numpy as jnp
 CONSTANT_SHIFT_MIN_TEMPERATURE = 2.0 / 80.0
 
 
-def _parts(rows, cols, row_index, temperature, decoupled):
-  """Per-row losses and `Q = (P − Π)/t` (`[2b, 2B]`) from one matmul and one exp pass."""
+def _gather_column_stats(stats: jax.Array, axis_name: str) -> jax.Array:
+  """Per-row statistics `[2b, k]` of every device, in global column order `[2B, k]`.
+
+  Each device's rows are its `[z1_loc; z2_loc]` blocks and the devices come in axis order
+  (`contrax.pairs.build`'s layout), so the device-major gather `[n, 2, b, k]` is reordered to
+  `[2, n, b, k]` by a static reshape, as `build` reorders the columns."""
+  gathered = jax.lax.all_gather(stats, axis_name, axis=0)  # [n, 2b, k]
+  n, two_b, k = gathered.shape
+  return gathered.reshape(n, 2, two_b // 2, k).swapaxes(0, 1).reshape(n * two_b, k)
+
+
+def _sharded_parts(rows, cols, row_index, temperature, decoupled, axis_name):
+  """Per-row losses of the slab and a thunk for the gradient of the global mean loss with
+  respect to this device's rows, the columns' share included (`cols = all_gather(rows)`).
+
+  The gradient of `L = Σ_i l_i / 2B` for global row m is `(Σ_j Q_mj z_j + Σ_i Q_im z_i) / 2B`.
+  The first sum is this device's slab row times the columns. The second needs column m of Q
+  over all rows; `s` is symmetric, so off the positive it is `P_im = exp(s_mi/t − lse_i)`, read
+  from this device's own slab row m with the gathered log-sum-exps `lse_i` (with the constant
+  shift, `e_mi / r_i`), and at the positive `Q_{p(m),m} = −(1 − P_{p(m),m})/t` with the
+  gathered `1 − P`. The row gradient is then one `[2b, 2B] @ [2B, D]` matmul contracting over
+  the columns, after one all-gather of two numbers per row: no transposed matmul and no
+  all-reduce of a `[2B, D]` column cotangent.
+  """
   t = temperature
   num_cols = cols.shape[0]
   pos_index = (row_index + num_cols // 2) % num_cols
@@ -48,7 +70,8 @@ def _parts(rows, cols, row_index, temperature, decoupled):
   if decoupled:
     in_denominator &= ~is_positive
   sims = rows @ cols.T
-  if t >= CONSTANT_SHIFT_MIN_TEMPERATURE:
+  constant_shift = t >= CONSTANT_SHIFT_MIN_TEMPERATURE
+  if constant_shift:
     shift = jnp.full((rows.shape[0], 1), 1.0 / t, rows.dtype)
   else:
     shift = jnp.max(jnp.where(in_denominator, sims / t, -jnp.inf), axis=1, keepdims=True)
@@ -60,45 +83,61 @@ def _parts(rows, cols, row_index, temperature, decoupled):
   pos_sim = jnp.sum(rows * jnp.take(cols, pos_index, axis=0), axis=1)
   log_ratio = shift[:, 0] - pos_sim / t + jnp.log(jnp.maximum(r_neg, jnp.finfo(r.dtype).tiny))
   per_row = log_ratio if decoupled else jax.nn.softplus(log_ratio)
-  inv_r = 1.0 / r
-  # Q_ip = -(1 - P_ip) = -r_neg / r (decoupled: -1); e / r is the softmax elsewhere.
-  off_positive = jnp.ones_like(r) if decoupled else r_neg * inv_r
-  q = jnp.where(is_positive, -off_positive[:, None], e * inv_r[:, None]) / t
-  return per_row, q
+
+  def gradient():
+    inv_r = 1.0 / r
+    # Q_ip = -(1 - P_ip) = -r_neg / r (decoupled: -1); e / r is the softmax elsewhere.
+    off_positive = jnp.ones_like(r) if decoupled else r_neg * inv_r
+    own = inv_r if constant_shift else shift[:, 0] + jnp.log(r)
+    column = _gather_column_stats(jnp.stack([own, off_positive], axis=1), axis_name)
+    if constant_shift:  # e is symmetric: P_im = e_mi / r_i
+      negative_part = e * (inv_r[:, None] + column[None, :, 0])
+    else:
+      negative_part = e * inv_r[:, None] + jnp.where(
+          in_denominator, jnp.exp(sims / t - column[None, :, 0]), 0.0)
+    both = jnp.where(is_positive, -(off_positive[:, None] + column[None, :, 1]),
+                     negative_part)
+    return both @ cols / (num_cols * t)
+
+  return per_row, gradient
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
-def _slab_ntxent(rows, cols, row_index, temperature, decoupled):
-  return _parts(rows, cols, row_index, temperature, decoupled)[0]
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
+def _sharded_ntxent(rows, cols, row_index, temperature, decoupled, axis_name):
+  per_row, _ = _sharded_parts(rows, cols, row_index, temperature, decoupled, axis_name)
+  return jax.lax.psum(jnp.sum(per_row), axis_name) / cols.shape[0]
 
 
-@_slab_ntxent.defjvp
-def _slab_ntxent_jvp(temperature, decoupled, primals, tangents):
-  # Linear in the tangents, so reverse mode transposes it: the row gradient is
-  # c ⊙ (Q cols) (Q cols computed once, forward) and the column gradient (c ⊙ Q)ᵀ rows.
+@_sharded_ntxent.defjvp
+def _sharded_ntxent_jvp(temperature, decoupled, axis_name, primals, tangents):
+  # The tangent of the global mean is psum over devices of Σ_rows G · rows_dot, G being the
+  # full gradient of each device's rows (their columns' share included), so the columns'
+  # tangent is not read: `cols` must be the all-gather of the devices' `rows` (the contract of
+  # `sharded_ntxent`). Reverse mode then sends the columns no cotangent.
   rows, cols, row_index = primals
-  rows_dot, cols_dot, _ = tangents
-  per_row, q = _parts(rows, cols, row_index, temperature, decoupled)
-  row_part = jnp.sum((q @ cols) * rows_dot, axis=1)
-  col_part = jnp.sum(q * (rows @ cols_dot.T), axis=1)
-  return per_row, row_part + col_part
+  per_row, gradient = _sharded_parts(rows, cols, row_index, temperature, decoupled, axis_name)
+  value = jax.lax.psum(jnp.sum(per_row), axis_name) / cols.shape[0]
+  return value, jax.lax.psum(jnp.sum(gradient() * tangents[0]), axis_name)
 
 
-def slab_ntxent(rows: jax.Array, cols: jax.Array, row_index: jax.Array, *, temperature: float,
-                decoupled: bool = False) -> jax.Array:
-  """Per-row NT-Xent losses `[2b]` of local unit rows against all unit global columns.
+def sharded_ntxent(rows: jax.Array, cols: jax.Array, row_index: jax.Array, *,
+                   temperature: float, axis_name: str, decoupled: bool = False) -> jax.Array:
+  """Global mean NT-Xent `psum(Σ_i l_i) / 2B` of the devices' slabs under `shard_map`.
 
   Args:
-    rows: `[2b, D]` this device's unit anchors `[z1_local; z2_local]`.
-    cols: `[2B, D]` all unit stacked columns `[z1_global; z2_global]` (gathered by the caller).
+    rows: `[2b, D]` this device's unit anchors `[z1_loc; z2_loc]`.
+    cols: `[2B, D]` all unit stacked columns `[z1_global; z2_global]`: the all-gather of every
+      device's `rows` in axis order (`contrax.pairs.build`). The derivative counts the columns
+      through the rows and does not read the columns' own tangent.
     row_index: `[2b]` integer global index of each local row (its own column).
     temperature: t > 0 (a Python float).
+    axis_name: the data axis the columns were gathered over.
     decoupled: drop the positive from the denominator (Yeh et al. 2022).
 
-  The loss is `psum(sum(per_row)) / 2B`. Finite, with a finite derivative, at every
-  temperature and for every finite input; differentiable in forward and reverse mode.
+  Finite, with a finite derivative, at every temperature and for every finite input;
+  differentiable in forward and reverse mode.
   """
-  return _slab_ntxent(rows, cols, row_index, float(temperature), bool(decoupled))
+  return _sharded_ntxent(rows, cols, row_index, float(temperature), bool(decoupled), axis_name)
 
 
 def _stacked_ntxent_parts(z: jax.Array, temperature: float, decoupled: bool):
@@ -166,16 +205,16 @@ def stacked_ntxent(z: jax.Array, *, temperature: float, decoupled: bool = False)
 
 def ntxent_mean(rows: jax.Array, cols: jax.Array, row_index: jax.Array, *, temperature: float,
                 decoupled: bool = False, axis_name: Optional[str] = None) -> jax.Array:
-  """Global mean NT-Xent `psum(Σ_i l_i) / 2B` of the slab (arguments as in `slab_ntxent`).
+  """Global mean NT-Xent `psum(Σ_i l_i) / 2B` of the slab (arguments as in `sharded_ntxent`).
 
   Without `axis_name`, or on a data axis of one device, the columns are the rows and the
-  symmetric `stacked_ntxent` is used (one backward matmul instead of two); otherwise
-  `slab_ntxent`, whose column gradient the caller's all-gather turns into a reduce-scatter.
+  symmetric `stacked_ntxent` is used; otherwise `sharded_ntxent`. Both take one matmul
+  forward and one backward.
   """
   if axis_name is None:
     return stacked_ntxent(rows, temperature=temperature, decoupled=decoupled)
   if jax.lax.axis_size(axis_name) == 1:
     return jax.lax.psum(stacked_ntxent(rows, temperature=temperature, decoupled=decoupled),
                         axis_name)
-  per_row = slab_ntxent(rows, cols, row_index, temperature=temperature, decoupled=decoupled)
-  return jax.lax.psum(jnp.sum(per_row), axis_name) / cols.shape[0]
+  return sharded_ntxent(rows, cols, row_index, temperature=temperature, axis_name=axis_name,
+                        decoupled=decoupled)
