@@ -192,7 +192,7 @@ def test_one_gather_and_one_similarity_matmul_per_step(preset):
 
 
 def test_ntxent_step_gathers_the_embeddings_once_and_sends_the_columns_no_gradient():
-  """The uniform NT-Xent step (`contrax.losses._slab_ntxent.sharded_ntxent`): one all-gather of
+  """The uniform NT-Xent step (`contrax.losses._slab_ntxent.ntxent_mean`): one all-gather of
   the `[2b, D]` embeddings, one `[2b, 2B]` similarity matmul, and in the value-and-grad
   program no all-reduce of a `[2B, D]` column gradient (the columns' share of each row's
   gradient comes from the row's own slab and two gathered numbers per row)."""

@@ -1,9 +1,8 @@
 """NT-Xent with hand-written derivatives: the path every uniform-weight InfoNCE takes.
 
-`sharded_ntxent`: the global mean loss of the devices' slabs (local rows × global columns)
-under `shard_map`, one `[2b, 2B]` matmul and one exp pass forward, one matmul backward.
-`stacked_ntxent`: the mean loss when the rows are the columns (one device), one matmul
-forward and one backward. `ntxent_mean` picks between them from the size of the data axis.
+`ntxent_mean`: the global mean loss of the devices' slabs (local rows × global columns)
+under `shard_map`, or of the stacked batch on one device (rows = columns): one `[2b, 2B]`
+matmul and one exp pass forward, one matmul backward.
 
 Layout (the stacked two-view batch): the global batch has B images and 2B stacked unit
 embeddings `[z1; z2]`; column j's positive is `(j + B) mod 2B`. A device holds 2b local rows
@@ -37,20 +36,24 @@ import jax.numpy as jnp
 CONSTANT_SHIFT_MIN_TEMPERATURE = 2.0 / 80.0
 
 
-def _gather_column_stats(stats: jax.Array, axis_name: str) -> jax.Array:
+def _gather_column_stats(stats: jax.Array, axis_name: Optional[str]) -> jax.Array:
   """Per-row statistics `[2b, k]` of every device, in global column order `[2B, k]`.
 
   Each device's rows are its `[z1_loc; z2_loc]` blocks and the devices come in axis order
   (`contrax.pairs.build`'s layout), so the device-major gather `[n, 2, b, k]` is reordered to
-  `[2, n, b, k]` by a static reshape, as `build` reorders the columns."""
+  `[2, n, b, k]` by a static reshape, as `build` reorders the columns. Without `axis_name` the
+  rows are the columns and `stats` is returned as it is."""
+  if axis_name is None:
+    return stats
   gathered = jax.lax.all_gather(stats, axis_name, axis=0)  # [n, 2b, k]
   n, two_b, k = gathered.shape
   return gathered.reshape(n, 2, two_b // 2, k).swapaxes(0, 1).reshape(n * two_b, k)
 
 
-def _sharded_parts(rows, cols, row_index, temperature, decoupled, axis_name):
+def _parts(rows, cols, row_index, temperature, decoupled, axis_name):
   """Per-row losses of the slab and a thunk for the gradient of the global mean loss with
-  respect to this device's rows, the columns' share included (`cols = all_gather(rows)`).
+  respect to this device's rows, the columns' share included (`cols = all_gather(rows)`, or
+  `cols = rows` without `axis_name`).
 
   The gradient of `L = Σ_i l_i / 2B` for global row m is `(Σ_j Q_mj z_j + Σ_i Q_im z_i) / 2B`.
   The first sum is this device's slab row times the columns. The second needs column m of Q
@@ -102,119 +105,48 @@ def _sharded_parts(rows, cols, row_index, temperature, decoupled, axis_name):
   return per_row, gradient
 
 
+def _total(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
-def _sharded_ntxent(rows, cols, row_index, temperature, decoupled, axis_name):
-  per_row, _ = _sharded_parts(rows, cols, row_index, temperature, decoupled, axis_name)
-  return jax.lax.psum(jnp.sum(per_row), axis_name) / cols.shape[0]
+def _ntxent(rows, cols, row_index, temperature, decoupled, axis_name):
+  per_row, _ = _parts(rows, cols, row_index, temperature, decoupled, axis_name)
+  return _total(jnp.sum(per_row), axis_name) / cols.shape[0]
 
 
-@_sharded_ntxent.defjvp
-def _sharded_ntxent_jvp(temperature, decoupled, axis_name, primals, tangents):
-  # The tangent of the global mean is psum over devices of Σ_rows G · rows_dot, G being the
+@_ntxent.defjvp
+def _ntxent_jvp(temperature, decoupled, axis_name, primals, tangents):
+  # The tangent of the global mean is the sum over devices of Σ_rows G · rows_dot, G being the
   # full gradient of each device's rows (their columns' share included), so the columns'
   # tangent is not read: `cols` must be the all-gather of the devices' `rows` (the contract of
-  # `sharded_ntxent`). Reverse mode then sends the columns no cotangent.
+  # `ntxent_mean`). Reverse mode then sends the columns no cotangent.
   rows, cols, row_index = primals
-  per_row, gradient = _sharded_parts(rows, cols, row_index, temperature, decoupled, axis_name)
-  value = jax.lax.psum(jnp.sum(per_row), axis_name) / cols.shape[0]
-  return value, jax.lax.psum(jnp.sum(gradient() * tangents[0]), axis_name)
-
-
-def sharded_ntxent(rows: jax.Array, cols: jax.Array, row_index: jax.Array, *,
-                   temperature: float, axis_name: str, decoupled: bool = False) -> jax.Array:
-  """Global mean NT-Xent `psum(Σ_i l_i) / 2B` of the devices' slabs under `shard_map`.
-
-  Args:
-    rows: `[2b, D]` this device's unit anchors `[z1_loc; z2_loc]`.
-    cols: `[2B, D]` all unit stacked columns `[z1_global; z2_global]`: the all-gather of every
-      device's `rows` in axis order (`contrax.pairs.build`). The derivative counts the columns
-      through the rows and does not read the columns' own tangent.
-    row_index: `[2b]` integer global index of each local row (its own column).
-    temperature: t > 0 (a Python float).
-    axis_name: the data axis the columns were gathered over.
-    decoupled: drop the positive from the denominator (Yeh et al. 2022).
-
-  Finite, with a finite derivative, at every temperature and for every finite input;
-  differentiable in forward and reverse mode.
-  """
-  return _sharded_ntxent(rows, cols, row_index, float(temperature), bool(decoupled), axis_name)
-
-
-def _stacked_ntxent_parts(z: jax.Array, temperature: float, decoupled: bool):
-  """Per-row losses of the stacked unit rows `z` (`[2B, D]`, rows = columns) and a thunk for
-  the gradient of their mean.
-
-  With `e_ij = exp(s_ij/t - c_i)` on the denominator's columns and `r_i = Σ_j e_ij`, the
-  softmax is `P_ij = e_ij / r_i`. With the constant shift `c_i = 1/t` `e` is symmetric and
-  `P + Pᵀ = e ⊙ (1/r_i + 1/r_j)` needs no transpose; at smaller t the shift is the row max
-  and `Pᵀ_ij = exp(s_ij/t - lse_j)` is recomputed.
-  """
-  n = z.shape[0]
-  t = temperature
-  index = jnp.arange(n)
-  is_positive = index[None, :] == (index[:, None] + n // 2) % n
-  in_denominator = index[:, None] != index[None, :]
-  if decoupled:
-    in_denominator &= ~is_positive
-  sims = z @ z.T
-  constant_shift = t >= CONSTANT_SHIFT_MIN_TEMPERATURE
-  if constant_shift:
-    shift = jnp.full((n, 1), 1.0 / t, z.dtype)
-  else:
-    shift = jnp.max(jnp.where(in_denominator, sims / t, -jnp.inf), axis=1, keepdims=True)
-  e = jnp.where(in_denominator, jnp.exp(sims / t - shift), 0.0)
-  r = jnp.sum(e, axis=1)
-  r_neg = r if decoupled else jnp.sum(jnp.where(is_positive, 0.0, e), axis=1)
-  pos_sim = jnp.sum(z * jnp.roll(z, n // 2, axis=0), axis=1)
-  log_ratio = shift[:, 0] - pos_sim / t + jnp.log(jnp.maximum(r_neg, jnp.finfo(r.dtype).tiny))
-  per_row = log_ratio if decoupled else jax.nn.softplus(log_ratio)
-
-  def gradient():
-    inv_r = 1.0 / r
-    off_positive = jnp.ones_like(r) if decoupled else r_neg * inv_r
-    if constant_shift:
-      negative_part = e * (inv_r[:, None] + inv_r[None, :])
-    else:
-      lse = shift[:, 0] + jnp.log(r)
-      negative_part = e * inv_r[:, None] + jnp.where(in_denominator,
-                                                     jnp.exp(sims / t - lse[None, :]), 0.0)
-    both = jnp.where(is_positive, -(off_positive[:, None] + off_positive[None, :]),
-                     negative_part)
-    return both @ z / (n * t)
-
-  return per_row, gradient
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _stacked_ntxent(z, temperature, decoupled):
-  return jnp.mean(_stacked_ntxent_parts(z, temperature, decoupled)[0])
-
-
-@_stacked_ntxent.defjvp
-def _stacked_ntxent_jvp(temperature, decoupled, primals, tangents):
-  (z,), (z_dot,) = primals, tangents
-  per_row, gradient = _stacked_ntxent_parts(z, temperature, decoupled)
-  return jnp.mean(per_row), jnp.sum(gradient() * z_dot)
-
-
-def stacked_ntxent(z: jax.Array, *, temperature: float, decoupled: bool = False) -> jax.Array:
-  """Mean NT-Xent `mean_i l_i` of the stacked unit rows `z = [z1; z2]` (`[2B, D]`), each row
-  scored against all rows (one device); differentiable in forward and reverse mode."""
-  return _stacked_ntxent(z, float(temperature), bool(decoupled))
+  per_row, gradient = _parts(rows, cols, row_index, temperature, decoupled, axis_name)
+  value = _total(jnp.sum(per_row), axis_name) / cols.shape[0]
+  return value, _total(jnp.sum(gradient() * tangents[0]), axis_name)
 
 
 def ntxent_mean(rows: jax.Array, cols: jax.Array, row_index: jax.Array, *, temperature: float,
                 decoupled: bool = False, axis_name: Optional[str] = None) -> jax.Array:
-  """Global mean NT-Xent `psum(Σ_i l_i) / 2B` of the slab (arguments as in `sharded_ntxent`).
+  """Global mean NT-Xent `Σ_i l_i / 2B` over every device's rows.
 
-  Without `axis_name`, or on a data axis of one device, the columns are the rows and the
-  symmetric `stacked_ntxent` is used; otherwise `sharded_ntxent`. Both take one matmul
-  forward and one backward.
+  Args:
+    rows: `[2b, D]` this device's unit anchors `[z1_loc; z2_loc]`.
+    cols: `[2B, D]` all unit stacked columns `[z1_global; z2_global]`: the all-gather of every
+      device's `rows` in axis order (`contrax.pairs.build`); the rows themselves without
+      `axis_name`. The derivative counts the columns through the rows and does not read the
+      columns' own tangent.
+    row_index: `[2b]` integer global index of each local row (its own column).
+    temperature: t > 0 (a Python float).
+    decoupled: drop the positive from the denominator (Yeh et al. 2022).
+    axis_name: the data axis under `shard_map` the columns were gathered over, or None.
+
+  On a data axis of one device the columns are the rows, and the loss is computed as without
+  `axis_name`. Finite, with a finite derivative, at every temperature and for every finite
+  input; differentiable in forward and reverse mode.
   """
-  if axis_name is None:
-    return stacked_ntxent(rows, temperature=temperature, decoupled=decoupled)
-  if jax.lax.axis_size(axis_name) == 1:
-    return jax.lax.psum(stacked_ntxent(rows, temperature=temperature, decoupled=decoupled),
-                        axis_name)
-  return sharded_ntxent(rows, cols, row_index, temperature=temperature, axis_name=axis_name,
-                        decoupled=decoupled)
+  t, decoupled = float(temperature), bool(decoupled)
+  if axis_name is not None and jax.lax.axis_size(axis_name) == 1:
+    return jax.lax.psum(_ntxent(rows, rows, row_index, t, decoupled, None), axis_name)
+  return _ntxent(rows, cols, row_index, t, decoupled, axis_name)
