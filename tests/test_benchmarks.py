@@ -138,15 +138,17 @@ def test_train_step_tiny(tmp_path):
 
 @pytest.mark.slow  # compiles one training step per registered method
 def test_method_steps_tiny(tmp_path):
-  """Every registered method's step is timed against SimCLR's (ratio 1 for SimCLR itself)."""
-  from contrax import methods
+  """The selected methods' steps are timed against SimCLR's (ratio 1 for SimCLR itself): a
+  two-view method with a momentum target and a multi-crop one (each step compiles for ~20 s
+  on 2 cores, so not all of them)."""
   bench = load("method_steps")
   config = bench.get_config()
   config.model, config.data_shape, config.augmentation = "mlp", (8, 8, 1), "digits"
   config.batch_size, config.steps, config.projection_dim = 16, 1, 8
+  config.methods = "simclr,byol,swav"
   results = bench.run(config, str(tmp_path))
   assert _files(tmp_path) == {"config.json", "results.json", "results.md", "summary.json"}
-  assert list(results["relative"]) == list(methods.NAMES)
+  assert list(results["relative"]) == ["simclr", "byol", "swav"]
   assert results["relative"]["simclr"] == 1.0
   assert all(r > 0 for r in results["relative"].values())
 
