@@ -147,6 +147,8 @@ def ntxent_mean(rows: jax.Array, cols: jax.Array, row_index: jax.Array, *, tempe
   input; differentiable in forward and reverse mode.
   """
   t, decoupled = float(temperature), bool(decoupled)
-  if axis_name is not None and jax.lax.axis_size(axis_name) == 1:
-    return jax.lax.psum(_ntxent(rows, rows, row_index, t, decoupled, None), axis_name)
+  if axis_name is None or jax.lax.axis_size(axis_name) == 1:
+    # Row i is column i: a static index lets XLA build the masks from an iota.
+    value = _ntxent(rows, rows, jnp.arange(rows.shape[0]), t, decoupled, None)
+    return value if axis_name is None else jax.lax.psum(value, axis_name)
   return _ntxent(rows, cols, row_index, t, decoupled, axis_name)

@@ -41,24 +41,15 @@ Writes runs/benchmark_losses/ (or --workdir): config.json, results.json, results
 Runtime: 12 minutes on the 2-core CPU under a load average of 8-11 (other jobs); most of it
 is optax at B = 512 and lightly at B = 4096.
 
-Result (2-core Xeon, load average 8-11 from other jobs during the run: absolute times are
-inflated and noisy, a quiet re-run is due; fastest of two interleaved rounds of two runs;
-jax 0.10.2, optax 0.2.8, torch 2.14.1, lightly 1.6.0), ms per forward + backward:
+Result (quiet 2-core Xeon, load average 0.6-1.0; fastest of two interleaved rounds of two runs;
+jax 0.10.2, torch 2.14.1, lightly 1.6.0), `--config.sizes=4096`, ms per forward + backward:
 
-| B | 1dev | 8dev | optax | lightly | floor (GFLOP/s) | 1dev/floor | vs lightly: 1dev, 8dev |
+| B | 1dev | 8dev | optax | lightly | floor (GFLOP/s) | 1dev, 8dev / floor | vs lightly: 1dev, 8dev |
 |---|---|---|---|---|---|---|---|
-| 512 | 33 | 45 | 9568 | 450 | 11 (56) | 3.1 | 13.5x, 9.9x |
-| 2048 | 495 | 839 | skip: 16 GiB | 3911 | 292 (32) | 1.7 | 7.9x, 4.7x |
-| 4096 | 2836 | 3811 | OOM: 66 GiB | 11531 | 832 (44) | 3.4 | 4.1x, 3.0x |
+| 4096 | 739 | 804 | OOM: 66 GiB | 3664 | 320 (117) | 2.3, 2.5 | 5.0x, 4.6x |
 
-1dev, 8dev: contrax_1dev, contrax_8dev. Peak RSS at B = 4096: contrax 0.88 (1 device) /
-0.96 GiB (8), lightly 1.81 GiB. Loss values agree to < 1e-6. Targets at B = 4096: >= 4x
-lightly is met on one device (4.1x; 3.0x on 8 virtual devices, which share the same 2 cores);
-within 1.5x of the floor is not (3.4x; the floor's matmul rate itself swung 32-56 GFLOP/s
-with the load). Against the previous trainer path (autodiff through a masked logsumexp,
-same call, same process order, load ~16), the 1-device kernel is 1.25x faster at B = 2048
-and 1.56x at B = 4096; on 8 virtual devices the slab kernel and autodiff were within noise
-of each other (load ~12).
+Peak RSS: contrax 0.91 (1 device) / 0.95 GiB (8), lightly 2.00 GiB; losses agree to 1e-6.
+Targets at B = 4096: >= 4x lightly is met on 1 and 8 devices; within 1.5x of the floor is not.
 """
 from __future__ import annotations
 
