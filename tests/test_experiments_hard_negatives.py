@@ -114,13 +114,14 @@ def test_aggregate_pairs_each_method_with_simclr_of_the_same_seed():
 def test_experiment_runs_at_tiny_size(tmp_path):
   hn = load_experiment()
   config = _study.apply_cell(hn.get_config(), {
-      "steps": 2, "batch_size": 32, "seeds": (0, 1), "ot_epsilons": (0.7,),
+      "steps": 2, "batch_size": 32, "seeds": (0,), "ot_epsilons": (0.7,),
       "diagnostic_images": 16, "weighting.ot.num_iterations": 5})
   summary = hn.run(config, str(tmp_path))
   stats = summary["stats"]
   assert set(stats) == {"simclr", "debiased", "hcl", "hcl_ot_eps0.7", "quadratic_ot"}
   for method, s in stats.items():
-    assert s["seeds"] == 2 and 0.0 <= s["knn_accuracy"][0] <= 1.0
+    # One seed (5 pretrain runs of ~30 s on 2 cores); several seeds: tests/test_study.py.
+    assert s["seeds"] == 1 and 0.0 <= s["knn_accuracy"][0] <= 1.0
   assert abs(stats["simclr"]["excess_similarity"][0]) < 1e-5
   assert stats["hcl_ot_eps0.7"]["excess_similarity"][0] > 0
   assert os.path.exists(tmp_path / "accuracy_vs_hardness.png")
