@@ -6,10 +6,10 @@ views. Implementations:
 - `contrax_1dev` / `contrax_8dev`: what `contrax.train` calls, `infonce(z1, z2,
   temperature=0.5, axis_name="data")` inside `jax.jit(jax.shard_map(jax.value_and_grad(...)))`
   over a 'data' mesh of 1 device / of 8 virtual CPU devices (`--xla_force_host_platform_
-  device_count=8`, set before JAX starts, hence one subprocess per case). One device takes the
-  symmetric kernel (one [2B, 2B] matmul forward, one backward); 8 devices the sharded kernel
-  (each device: its [2b, 2B] slab, one matmul forward, one backward, after one all-gather of
-  two numbers per row; no column gradient is reduced), both in `contrax.losses._slab_ntxent`;
+  device_count=8`, set before JAX starts, hence one subprocess per case). Both run the one
+  kernel of `contrax.losses._slab_ntxent`: each device its [2b, 2B] slab (one device: the whole
+  [2B, 2B]), one matmul forward, one backward; on 8 devices after one all-gather of two
+  numbers per row, and no column gradient is reduced;
 - `optax`: `optax.losses.ntxent` on the stacked embeddings with pair labels, jitted. Its
   cosine similarity broadcasts a [2B, 2B, D] array (memory and time O(B² D)): the compiled
   program's memory analysis is read first and the case skipped ("OOM (est. X GiB)") above
