@@ -233,22 +233,31 @@ class RecordImageSplit(LazyImageSplit):
 
 @dataclasses.dataclass(frozen=True)
 class ImageDataset:
-  """A named dataset: a train and a test split sharing image shape and classes."""
+  """A named dataset: a train and a test split sharing image shape and classes.
+
+  `pretrain` is the split pre-training reads: `train` unless a source names another (STL-10's
+  `train+unlabelled`); its rows labelled -1 have no label (the online probe leaves them out).
+  Evaluation (kNN, linear probe) fits on `train` and scores on `test`.
+  """
 
   name: str
   train: Split
   test: Split
   num_classes: int
   class_names: tuple[str, ...]
+  pretrain: Split = None  # type: ignore[assignment]  # None: `train` (set in __post_init__)
 
   def __post_init__(self):
     _checks.positive_int("num_classes", self.num_classes)
     if len(self.class_names) != self.num_classes:
       raise ValueError(f"class_names must have num_classes={self.num_classes} entries, got "
                        f"{len(self.class_names)}")
-    if self.train.image_shape != self.test.image_shape:
-      raise ValueError(f"train and test image shapes differ: {self.train.image_shape} and "
-                       f"{self.test.image_shape}")
+    if self.pretrain is None:
+      object.__setattr__(self, "pretrain", self.train)
+    for part in ("test", "pretrain"):
+      if getattr(self, part).image_shape != self.train.image_shape:
+        raise ValueError(f"train and {part} image shapes differ: {self.train.image_shape} and "
+                         f"{getattr(self, part).image_shape}")
 
 
 def stratified_split(labels: np.ndarray, *, test_fraction: float, seed: int,
@@ -668,8 +677,17 @@ def _prepared_tfds_builder(name: str, data_dir: str | None):
   return builder
 
 
+def _image_decoders():
+  """TFDS decoders that hand the image field over still encoded: `RecordImageSplit` decodes it
+  with Pillow, at reduced size where a JPEG allows (`contrax.crops`), and reading a label does
+  not decode the image."""
+  import tensorflow_datasets as tfds
+  return {"image": tfds.decode.SkipDecoding()}
+
+
 def _load_tfds(name: str, *, seed: int, data_dir: str | None = None,
                train_split: str = "train", test_split: str = "test",
+               pretrain_split: str | None = None,
                image_size: int | None = None) -> ImageDataset:
   """TFDS `name` (e.g. `mnist`, `cifar10`, `cifar100`, `stl10`) read lazily, never downloaded.
 
@@ -681,13 +699,22 @@ def _load_tfds(name: str, *, seed: int, data_dir: str | None = None,
   Images of one fixed shape are read as they are (`image_size=None`). With `image_size` (needed
   when the images vary in size, e.g. `imagenet2012`, `imagenette`), the splits are
   `RecordImageSplit`s: evaluation reads resize + centre crop to `image_size`, training reads
-  host-side random-resized crops (`contrax.loader`).
+  host-side random-resized crops (`contrax.loader`); their images are decoded by Pillow from
+  the stored bytes (at reduced size where a JPEG allows), never by TensorFlow.
+
+  `pretrain_split` (default: `train_split`) is the split pre-training reads, in TFDS split
+  syntax: STL-10's self-supervised protocol pre-trains on `"train+unlabelled"` (105,000
+  images, the 100,000 unlabelled ones labelled -1) and evaluates on `train` / `test`.
   """
   del seed
   builder = _prepared_tfds_builder(name, data_dir)
+  parts = [("train", train_split), ("test", test_split)]
+  if pretrain_split is not None:
+    parts.append(("pretrain", pretrain_split))
+  decoders = _image_decoders() if image_size is not None else None
   try:
-    sources = {part: builder.as_data_source(split=split)
-               for part, split in (("train", train_split), ("test", test_split))}
+    sources = {part: builder.as_data_source(split=split, decoders=decoders)
+               for part, split in parts}
   except NotImplementedError:  # prepared in a format without random access (tfrecord)
     raise ValueError(
         f"TFDS dataset {name!r} in {builder.data_dir} is stored as "
@@ -708,11 +735,11 @@ def _load_tfds(name: str, *, seed: int, data_dir: str | None = None,
     raise ValueError(f"TFDS dataset {name!r}: field 'label' must be a ClassLabel, got {label}")
   splits: dict[str, Split]
   if image_size is not None:
-    splits = {part: RecordImageSplit(sources[part], image_size=image_size)
-              for part in ("train", "test")}
+    splits = {part: RecordImageSplit(sources[part], image_size=image_size) for part in sources}
   else:
-    splits = {part: _RecordSplit(sources[part], image_shape) for part in ("train", "test")}
+    splits = {part: _RecordSplit(sources[part], image_shape) for part in sources}
   return ImageDataset(name=f"tfds:{name}", train=splits["train"], test=splits["test"],
+                      pretrain=splits.get("pretrain", splits["train"]),
                       num_classes=int(label.num_classes), class_names=tuple(label.names))
 
 
@@ -744,8 +771,9 @@ def load(spec: str, *, seed: int = 0, **options) -> ImageDataset:
     folder: test_fraction=0.1, on_bad_file="skip" | "raise", num_threads=None (a default pool).
     npz: num_classes=None (from `class_names` in the file, else max label + 1).
     tfds: data_dir=None (TFDS_DATA_DIR, else ~/tensorflow_datasets), train_split="train",
-      test_split="test", image_size=None (needed for images of varying size); the dataset
-      must be prepared there (it is never downloaded).
+      test_split="test", pretrain_split=None (the split pre-training reads, e.g.
+      "train+unlabelled" for STL-10; default train_split), image_size=None (needed for images
+      of varying size); the dataset must be prepared there (it is never downloaded).
     imagefolder: image_size=224, test_fraction=0.1 (single-folder layout), on_bad_file="skip"
       | "raise", check_files=True (read each file's header at start-up), num_threads=None.
   """

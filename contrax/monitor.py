@@ -3,12 +3,14 @@
 - Online linear probe (as solo-learn trains one, da Costa et al. 2022): a linear classifier
   `logits = h W + b` on the encoder features h of the first view, detached
   (`stop_gradient`), trained inside the training step with its own optimiser on the batch's
-  labels. Its loss is the mean cross-entropy over the global batch,
+  labels. Its loss is the mean cross-entropy over the labelled rows L of the global batch
+  (rows labelled -1, e.g. STL-10's unlabelled images, have no label and are left out),
 
-      L(W, b) = (1/B) Σ_i [logsumexp_c (h_i W + b)_c - (h_i W + b)_{y_i}],
+      L(W, b) = (1/|L|) Σ_{i ∈ L} [logsumexp_c (h_i W + b)_c - (h_i W + b)_{y_i}],
 
   so under `shard_map` the gradient is the global one (a psum of the per-device sums), and its
-  accuracy is `psum(correct) / psum(rows)`. W and b start at zero (the problem is convex: no
+  accuracy is `psum(correct) / psum(labelled rows)` (NaN for a batch without labels, whose
+  loss and gradient are 0). W and b start at zero (the problem is convex: no
   symmetry to break). Its training accuracy tracks how linearly separable the features are
   without any extra pass over the data; the stop-gradient leaves the encoder's update exactly
   what it is without the probe.
@@ -77,14 +79,16 @@ def _global_sum(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
 
 def probe_loss(params: dict, features: jax.Array, labels: jax.Array, *,
                axis_name: Optional[str] = None) -> tuple[jax.Array, jax.Array]:
-  """`(mean cross-entropy, accuracy)` of the probe over the global batch; `features` are
-  detached here, so no gradient reaches the encoder."""
+  """`(mean cross-entropy, accuracy)` of the probe over the labelled rows (label >= 0) of the
+  global batch; `features` are detached here, so no gradient reaches the encoder."""
   logits = probe_logits(params, jax.lax.stop_gradient(features))
   labels = jnp.asarray(labels, jnp.int32)
-  rows = _global_sum(jnp.ones(labels.shape, jnp.float32), axis_name)
-  cross_entropy = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+  labelled = (labels >= 0).astype(jnp.float32)
+  rows = _global_sum(labelled, axis_name)
+  cross_entropy = optax.losses.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.maximum(labels, 0)) * labelled
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-  return (_global_sum(cross_entropy, axis_name) / rows,
+  return (_global_sum(cross_entropy, axis_name) / jnp.maximum(rows, 1.0),
           jax.lax.stop_gradient(_global_sum(correct, axis_name) / rows))
 
 

@@ -79,6 +79,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.crop_ratio = (3 / 4, 4 / 3)  # and aspect ratio w/h range (log-uniform)
   c.num_crops = 2          # crops per image (the method's views)
   c.data_workers = 0       # Grain decoding processes per host (0: in the training process)
+  c.pretrain_split = ""    # tfds:NAME only: the split pre-training reads ("" = train)
   c.knn_k = 200
   c.online_probe = True  # a linear classifier on detached features, trained in the step
   c.probe_learning_rate = 1e-3
@@ -431,6 +432,10 @@ def validate_config(config: ml_collections.ConfigDict):
   _checks.choice("on_nonfinite", config.on_nonfinite, ("stop", "skip"))
   _checks.choice("on_bad_file", config.get("on_bad_file", "skip"), ("skip", "raise"))
   _check_crop_fields(config)
+  split = config.get("pretrain_split", "")
+  if split and not str(config.data).startswith("tfds:"):
+    raise ValueError(f"pretrain_split={split!r} names a TFDS split, but data={config.data!r} "
+                     f"is not a tfds:NAME source; leave it empty")
   mesh = parallel.make_mesh(config.num_devices or None)
   parallel.check_global_batch(config.batch_size, mesh)
   return optimizer, mesh
@@ -459,6 +464,8 @@ def _load_data(config: ml_collections.ConfigDict, dataset: Optional[data.ImageDa
              if kind in ("folder", "imagefolder") else {})
   if kind in ("imagefolder", "tfds") and config.get("image_size", 0):
     options["image_size"] = config.image_size
+  if config.get("pretrain_split", ""):
+    options["pretrain_split"] = config.pretrain_split
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     dataset = data.load(config.data, seed=config.seed, **options)
@@ -469,9 +476,9 @@ def _load_data(config: ml_collections.ConfigDict, dataset: Optional[data.ImageDa
 
 
 def _check_batch_fits(config: ml_collections.ConfigDict, dataset: data.ImageDataset) -> None:
-  if config.batch_size > len(dataset.train):
-    raise ValueError(f"batch_size {config.batch_size} is larger than the {len(dataset.train)} "
-                     f"training images of {config.data!r}")
+  if config.batch_size > len(dataset.pretrain):
+    raise ValueError(f"batch_size {config.batch_size} is larger than the "
+                     f"{len(dataset.pretrain)} training images of {config.data!r}")
 
 
 def _crop_batches(config: ml_collections.ConfigDict, split: data.LazyImageSplit):
@@ -502,7 +509,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
                         overwrite=overwrite)
     model = create_model(config)  # builds the module only: nothing is traced or compiled
     method = create_method(config, model)
-    if (isinstance(dataset.train, data.LazyImageSplit)
+    if (isinstance(dataset.pretrain, data.LazyImageSplit)
         and config.get("num_crops", 2) != method.num_views):
       raise ValueError(f"num_crops={config.get('num_crops', 2)} but "
                        f"method.name={config.method.name!r} takes {method.num_views} views")
@@ -514,10 +521,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
                      dataset.train.image_shape, probe=probe)
   state = jax.device_put(state, parallel.replicated(mesh))
   batches = None
-  if isinstance(dataset.train, data.LazyImageSplit):
+  if isinstance(dataset.pretrain, data.LazyImageSplit):
     # Images of varying size: Grain cuts `num_crops` crops per image on the host; its
     # iterator state is saved with every checkpoint and restored with the state.
-    batches = _crop_batches(config, dataset.train)
+    batches = _crop_batches(config, dataset.pretrain)
     run.attach_data(batches)
   state = run.restore_latest(state)
   start_step = int(state.step)
@@ -532,7 +539,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
     run.log.write({"step": 0, "knn_accuracy": evaluate_knn(state)})
   if batches is None:
     batches = data.prefetch(data.batches(
-        dataset.train, batch_size=config.batch_size, seed=config.seed, start_step=start_step,
+        dataset.pretrain, batch_size=config.batch_size, seed=config.seed, start_step=start_step,
         process_index=jax.process_index(), process_count=jax.process_count()))
   state, train_seconds, images_seen = fit(
       config, state, make_train_step(method, optimizer, mesh, seed=config.seed, probe=probe),
@@ -549,6 +556,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
       "images_per_second": images_seen / train_seconds if train_seconds > 0 else None,
       "wall_seconds": run.elapsed(),
       "devices": int(mesh.size),
+      "num_pretrain_images": len(dataset.pretrain),
       "num_train_images": len(dataset.train), "num_test_images": len(dataset.test),
       "image_shape": list(dataset.train.image_shape),
   }

@@ -42,6 +42,19 @@ def test_imagenet_config_is_simclrs_schedule():
   assert c.data.startswith("imagefolder:") and tuple(c.crop_scale) == (0.08, 1.0)
 
 
+def test_stl10_config_pretrains_on_train_and_unlabelled():
+  """STL-10's protocol: 100 epochs of the 105,000 train+unlabelled images at batch 256; the
+  split is a TFDS one, refused by name for any other source."""
+  from contrax import train
+  c = _pretrain_configs().get_config("stl10")
+  assert (c.data, c.pretrain_split) == ("tfds:stl10", "train+unlabelled")
+  assert c.steps == round(100 * 105_000 / 256) == 41_016 and c.warmup_steps == 4_102
+  c.data = "digits"
+  with pytest.raises(ValueError, match=r"pretrain_split='train\+unlabelled' names a TFDS "
+                     r"split, but data='digits' is not a tfds:NAME source"):
+    train.validate_config(c)
+
+
 def test_no_project_path_points_outside_the_repository():
   """The CIFAR config reads TFDS (a folder is an override), never a path outside the repository
   (issue 19.9); no code, docstring or test points to developer notes outside it either (the

@@ -390,8 +390,9 @@ def tiny_tfds(tmp_path_factory):
   import tensorflow_datasets as tfds  # a core dependency: missing is a failure, not a skip
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   rng = np.random.default_rng(7)
-  arrays = {part: (rng.integers(0, 256, (n, 6, 5, 3), dtype=np.uint8), rng.integers(0, 3, n))
-            for part, n in (("train", 9), ("test", 5))}
+  arrays = {part: (rng.integers(0, 256, (n, 6, 5, 3), dtype=np.uint8), np.arange(n) % 3)
+            for part, n in (("train", 12), ("test", 5), ("unlabelled", 7))}
+  arrays["unlabelled"][1][:] = -1  # as TFDS's stl10 labels its unlabelled split
 
   class ContraxTinyImages(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
@@ -425,6 +426,52 @@ def test_tfds_reads_array_record_without_tensorflow(tiny_tfds):
     np.testing.assert_array_equal(split.labels, labels)
     rows = np.array([3, 1, 3])
     np.testing.assert_array_equal(split[rows][0], images[rows])
+
+
+def test_tfds_pretrain_split_is_read_beside_the_labelled_splits(tiny_tfds):
+  """STL-10's protocol: pre-train on train+unlabelled (labels -1), evaluate on train/test."""
+  data_dir, arrays = tiny_tfds
+  ds = data.load("tfds:contrax_tiny_images", data_dir=data_dir,
+                 pretrain_split="train+unlabelled")
+  assert (len(ds.pretrain), len(ds.train), len(ds.test)) == (19, 12, 5)
+  images, labels = ds.pretrain[np.arange(19)]
+  both = [(x, y) for part in ("train", "unlabelled") for x, y in zip(*arrays[part])]
+  _same_multiset(list(zip(images, labels)), both)
+  assert sorted(labels)[:7] == [-1] * 7
+  plain = data.load("tfds:contrax_tiny_images", data_dir=data_dir)
+  assert plain.pretrain is plain.train
+  lazy = data.load("tfds:contrax_tiny_images", data_dir=data_dir, image_size=4,
+                   pretrain_split="unlabelled")
+  assert isinstance(lazy.pretrain, data.RecordImageSplit) and len(lazy.pretrain) == 7
+  np.testing.assert_array_equal(lazy.pretrain.labels, [-1] * 7)
+
+
+@pytest.mark.slow
+def test_stl10_config_runs_tiny_on_train_and_unlabelled(tiny_tfds, tmp_path):
+  """`--config stl10` (ResNet-18, LARS, pre-training on train+unlabelled) through the CLI on
+  the tiny dataset at widths 4, batch 8, 2 steps: it pre-trains on the 19 images of both
+  splits, its online probe skips the unlabelled rows, the final probes use the 12 labelled
+  ones. About 35 s on 2 cores."""
+  import subprocess
+  import sys
+  data_dir, _ = tiny_tfds
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  flags = dict(data="tfds:contrax_tiny_images", batch_size=8, steps=2, warmup_steps=1,
+               widths="4,4,4,4", num_devices=1, progress=False, log_every=1, eval_every=0,
+               checkpoint_every=2, knn_k=3)
+  done = subprocess.run(
+      [sys.executable, os.path.join(root, "experiments", "pretrain.py"), "--config", "stl10",
+       "--workdir", str(tmp_path), *(f"--config.{k}={v}" for k, v in flags.items())],
+      env=dict(os.environ, TFDS_DATA_DIR=data_dir), capture_output=True, text=True,
+      timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert (summary["num_pretrain_images"], summary["num_train_images"],
+          summary["num_test_images"]) == (19, 12, 5)
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  probe = [r["probe_loss"] for r in records if "probe_loss" in r]
+  assert len(probe) == 2 and np.all(np.isfinite(probe))
+  assert 0 <= summary["linear_accuracy"] <= 1
 
 
 def test_tfds_unknown_split_is_an_error(tiny_tfds):

@@ -340,8 +340,13 @@ def test_two_views_of_host_crops_skip_the_device_crop():
 
 @pytest.fixture
 def mock_tfds(monkeypatch):
+  """`tfds.testing.mock_data` with its datasets reported as prepared. The mock hands over
+  decoded arrays only: it would encode a skipped-decoding image with TensorFlow, which contrax
+  does not install, so here the image is not asked for encoded (the encoded path is tested on
+  a real ArrayRecord dataset, `tfds_photos`)."""
   import tensorflow_datasets as tfds  # a core dependency: missing is a failure, not a skip
   monkeypatch.setattr(data, "_tfds_is_prepared", lambda builder: True)
+  monkeypatch.setattr(data, "_image_decoders", lambda: None)
   with tfds.testing.mock_data(num_examples=12):
     yield tfds
 
@@ -364,6 +369,64 @@ def test_tfds_variable_size_images_through_mock_data(mock_tfds):
                                 with_rows=True)
   rows = np.concatenate([next(batches)[2] for _ in range(3)])
   assert sorted(rows) == list(range(12))
+
+
+@pytest.fixture(scope="module")
+def tfds_photos(tmp_path_factory):
+  """A real ArrayRecord TFDS dataset of variable-size JPEGs (80x120 .. 375x500), prepared
+  without TensorFlow; returns its data_dir and the stored JPEG bytes with their labels."""
+  import io
+  import tensorflow_datasets as tfds  # a core dependency: missing is a failure, not a skip
+  from _imagefolder import photo
+  data_dir = str(tmp_path_factory.mktemp("tfds_photos"))
+  rng = np.random.default_rng(11)
+  records = []
+  for i, (h, w) in enumerate([(80, 120), (375, 500), (240, 180), (300, 300), (120, 96),
+                              (500, 375)]):
+    jpeg = io.BytesIO()
+    photo(rng, h, w, "RGB").save(jpeg, format="JPEG", quality=95)
+    records.append((jpeg.getvalue(), i % 2))
+
+  class ContraxTinyPhotos(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+          "label": tfds.features.ClassLabel(names=["a", "b"])}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i, (jpeg, label) in enumerate(records):
+        yield i, {"image": io.BytesIO(jpeg), "label": label}
+
+  ContraxTinyPhotos(data_dir=data_dir, file_format="array_record").download_and_prepare()
+  return data_dir, records
+
+
+def test_tfds_jpegs_are_decoded_by_pillow_at_reduced_size(tfds_photos):
+  """Variable-size TFDS images reach contrax still encoded: labels are read without decoding
+  an image, and a JPEG is decoded at the draft scale the crop allows, close to the full
+  decode's crop (the reduced-size decode test above bounds the same error)."""
+  import io
+  data_dir, records = tfds_photos
+  ds = data.load("tfds:contrax_tiny_photos", data_dir=data_dir, test_split="train",
+                 image_size=SIZE)
+  stored = {jpeg: label for jpeg, label in records}
+  for i in range(len(ds.train)):
+    record = ds.train.source[i]
+    assert isinstance(record["image"], bytes) and stored[record["image"]] == ds.train.label(i)
+  np.testing.assert_array_equal(sorted(ds.train.labels), sorted(stored.values()))
+  images, _ = ds.test[np.arange(len(ds.test))]
+  for i in range(len(ds.test)):
+    with ds.test.open(i) as image:
+      assert image.format == "JPEG"
+    with Image.open(io.BytesIO(ds.test.source[i]["image"])) as image:
+      rgb = np.asarray(image.convert("RGB"))
+    want = _oracle_crop(rgb, crops.center_box(*rgb.shape[:2])).astype(np.float64)
+    assert np.abs(images[i] - want).mean() < 3
 
 
 # ----------------------------------------------------------------------------- pretrain

@@ -103,6 +103,35 @@ def test_probe_step_is_an_optax_step_on_the_cross_entropy_and_detaches_features(
   assert not np.any(np.asarray(feature_grad))
 
 
+def test_probe_leaves_out_unlabelled_rows_on_one_and_eight_devices():
+  """Rows labelled -1 (STL-10's unlabelled images): the step equals the hand-written one on the
+  labelled rows alone, also when the rows are spread over 8 devices; a batch without labels
+  gives loss 0, accuracy NaN and no update."""
+  rng = np.random.default_rng(4)
+  features = rng.normal(size=(24, 5)).astype(np.float32)
+  labels = rng.integers(0, CLASSES, 24)
+  labels[rng.permutation(24)[:15]] = -1  # 9 labelled rows, unevenly spread over 8 devices
+  keep = labels >= 0
+  state = monitor.init_probe(PROBE, 5)
+  state["params"]["kernel"] = jnp.asarray(rng.normal(size=(5, CLASSES)), jnp.float32)
+  loss, expected = hand_written_probe_step(state, features[keep], labels[keep])
+  logits = features[keep] @ np.asarray(state["params"]["kernel"])
+  accuracy = np.mean(np.argmax(logits, 1) == labels[keep])
+  sharded = jax.jit(jax.shard_map(
+      lambda h, y: monitor.probe_step(state, PROBE, h, y, axis_name=parallel.DATA_AXIS),
+      mesh=parallel.make_mesh(8), in_specs=(P(parallel.DATA_AXIS),) * 2, out_specs=P()))
+  for new, metrics in (monitor.probe_step(state, PROBE, features, labels),
+                       sharded(features, labels)):
+    np.testing.assert_allclose(metrics["probe_loss"], loss, rtol=1e-5)
+    np.testing.assert_allclose(metrics["probe_accuracy"], accuracy, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(expected)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  new, metrics = monitor.probe_step(state, PROBE, features, np.full(24, -1))
+  assert float(metrics["probe_loss"]) == 0.0 and np.isnan(metrics["probe_accuracy"])
+  for a, b in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(state["params"])):
+    np.testing.assert_array_equal(a, b)
+
+
 def setup():
   model = models.create("mlp", projection_dim=8, hidden_sizes=(16,), bn_axis_name="data")
   method = contrastive.method(model, LOSS, AUG)

@@ -95,22 +95,32 @@ def imagenet() -> ml_collections.ConfigDict:
   return c
 
 
+STL10_PRETRAIN_IMAGES = 105_000  # train (5,000 labelled) + unlabelled (100,000)
+
+
 def stl10() -> ml_collections.ConfigDict:
-  """SimCLR on STL-10 at 96 px: `tfds:stl10` (prepared as array_record; its 96 x 96 images
-  share one size, so they take the fixed-size path with the crop on device), ResNet-18,
-  batch 256, LARS (0.3 x 256 / 256), temperature 0.1, 100 epochs of the 5,000 labelled
-  training images. STL-10's 100,000 unlabelled images (split "unlabelled") need a train split
-  override of the TFDS source, which the config does not expose yet."""
+  """SimCLR on STL-10 at 96 px, the self-supervised protocol: pre-train on the 105,000 images
+  of `train+unlabelled` (`pretrain_split`; the unlabelled ones carry label -1 and are left out
+  of the online probe), fit the kNN and linear probes on the 5,000 labelled training images,
+  score on the 8,000 test images.
+
+  Data: `tfds:stl10`, prepared as array_record (`tfds build stl10 --file_format array_record`;
+  its 96 x 96 images share one size, so they take the fixed-size path with the crop on
+  device). ResNet-18, batch 256, LARS (0.3 x 256 / 256), temperature 0.1, 100 epochs of the
+  105,000 images with 10 warm-up epochs.
+  """
   c = train.default_config()
   c.name = "stl10"
   c.data = "tfds:stl10"
+  c.pretrain_split = "train+unlabelled"
   c.model = "resnet18"
   c.projection_dim = 128
   c.augmentation = "all"
   c.loss.temperature = 0.1
   c.batch_size = 256
-  c.steps = 100 * (5000 // 256)
-  c.warmup_steps = 10 * (5000 // 256)
+  epoch = STL10_PRETRAIN_IMAGES / c.batch_size
+  c.steps = round(100 * epoch)
+  c.warmup_steps = round(10 * epoch)
   c.optimizer = "lars"
   c.learning_rate = 0.3
   c.weight_decay = 1e-6
@@ -259,6 +269,9 @@ FIELD_HELP = {
                   "views: 2 for simclr)"),
     "data_workers": ("variable-size sources: Grain decoding processes per host (0 = decode "
                      "in the training process, with threads)"),
+    "pretrain_split": ("tfds:NAME only: the TFDS split pre-training reads, e.g. "
+                       "train+unlabelled (STL-10; rows labelled -1 have no label); \"\" = the "
+                       "train split. kNN and linear probes fit on train, score on test"),
     "knn_k": "neighbours of the kNN evaluation",
     "online_probe": ("train a linear classifier on the detached features of the first view "
                      "inside each step (probe_loss, probe_accuracy in the training records)"),
