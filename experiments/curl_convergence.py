@@ -91,14 +91,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
 from contrax import data as data_lib
-from contrax import models, theory
+from contrax import mi, models, theory
 from contrax.theory import ntk
 from contrax.losses import curl
 
 import matplotlib.pyplot as plt
+
+import _study  # experiments/_study.py: progress bars, JSON, figures and the command line
 
 PARTS = ("widths", "negatives")
 PARAMETERISATIONS = ("ntk", "allen_zhu")
@@ -202,10 +203,6 @@ def check_config(c: ml_collections.ConfigDict) -> None:
 # ----------------------------------------------------------------------------- shared pieces
 
 
-def _bar(config, total: int, desc: str):
-  return tqdm(total=total, desc=desc, disable=not config.progress, leave=False)
-
-
 def curl_objective(apply_fn, tuples: theory.Tuples):
   """`params, x -> (logistic CURL loss, (training error, mean output norm))` on fixed tuples."""
   anchor, positive, negatives = (jnp.asarray(a) for a in tuples)
@@ -221,29 +218,22 @@ def curl_objective(apply_fn, tuples: theory.Tuples):
 
 def gradient_descent(objective, params, x, *, learning_rate: float, steps: int, chunk: int,
                      bar=None):
-  """Full-batch GD `θ ← θ − η ∇L(θ)` in jitted `lax.scan` chunks.
+  """Full-batch GD `θ ← θ − η ∇L(θ)` in jitted `lax.scan` chunks (`contrax.mi.chunked_scan`).
 
   Returns the final parameters and per-iteration NumPy arrays `loss, error, output_norm` of
   length `steps + 1` (entry t is measured at θ_t, before step t).
   """
-  def step(p, _):
-    (loss, (error, norm)), grads = jax.value_and_grad(objective, has_aux=True)(p, x)
-    p = jax.tree.map(lambda w, g: w - learning_rate * g, p, grads)
-    return p, (loss, error, norm)
+  def make_step(x):
+    def step(p, _):
+      (loss, (error, norm)), grads = jax.value_and_grad(objective, has_aux=True)(p, x)
+      return jax.tree.map(lambda w, g: w - learning_rate * g, p, grads), (loss, error, norm)
+    return step
 
-  run = jax.jit(lambda p, length: jax.lax.scan(step, p, None, length=length),
-                static_argnums=1)
-  traces = []
-  for start in range(0, steps, chunk):
-    length = min(chunk, steps - start)
-    params, out = run(params, length)
-    traces.append(jax.tree.map(np.asarray, out))
-    if bar is not None:
-      bar.update(length)
-  loss, (error, norm) = jax.jit(objective)(params, x)
-  final = (np.asarray(loss)[None], np.asarray(error)[None], np.asarray(norm)[None])
-  loss_t, error_t, norm_t = (np.concatenate([t[i] for t in traces] + [final[i]])
-                             for i in range(3))
+  params, traces = mi.chunked_scan(make_step, params, np.zeros(steps), consts=x, chunk=chunk,
+                                   on_chunk=bar.update if bar is not None else None)
+  final = jax.jit(objective)(params, x)
+  loss_t, error_t, norm_t = (np.append(trace, np.asarray(last))
+                             for trace, last in zip(traces, (final[0], *final[1])))
   return params, loss_t, error_t, norm_t
 
 
@@ -256,11 +246,6 @@ def _write_jsonl(path: str, rows) -> None:
   with open(path, "a") as f:
     for row in rows:
       f.write(json.dumps(row) + "\n")
-
-
-def _save_json(path: str, payload) -> None:
-  with open(path, "w") as f:
-    json.dump(payload, f, indent=2)
 
 
 # ----------------------------------------------------------------------------- (a) widths
@@ -290,7 +275,7 @@ def run_width(config, x, tuples, width: int, depth: int, key: jax.Array) -> dict
   apply_fn = lambda p, xx: model.apply({**variables, "params": p}, xx)
   start = time.perf_counter()
   theta_0 = ntk.layerwise_ntk(model, variables, x)
-  with _bar(config, c.steps, f"L={depth} m={width}") as bar:
+  with _study.progress_bar(c.steps, f"L={depth} m={width}", config.progress) as bar:
     params, loss, error, norm = gradient_descent(
         curl_objective(apply_fn, tuples), variables["params"], x, learning_rate=learning_rate,
         steps=c.steps, chunk=config.chunk, bar=bar)
@@ -371,9 +356,7 @@ def _plot_widths(workdir: str, result: dict) -> None:
       ax.legend(fontsize=8)
     fig.suptitle(f"depth L={depth}, {result['parameterisation']} parameterisation, "
                  f"lr={runs[0]['learning_rate'] if result['parameterisation'] == 'ntk' else 'lr/m'}")
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, f"widths_training_L{depth}.png"))
-    plt.close(fig)
+    _study.save_figure(fig, os.path.join(workdir, f"widths_training_L{depth}.png"))
 
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
   for depth in sorted({r["depth"] for r in runs}):
@@ -395,9 +378,7 @@ def _plot_widths(workdir: str, result: dict) -> None:
     ax.legend(fontsize=8)
   axes[0].set_ylabel("max_l ||W_l(T) - W_l(0)||_F / ||W_l(0)||_F")
   axes[1].set_ylabel("||Θ(T) - Θ(0)||_F / ||Θ(0)||_F")
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "widths_lazy.png"))
-  plt.close(fig)
+  _study.save_figure(fig, os.path.join(workdir, "widths_lazy.png"))
 
   fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
   for depth in sorted({r["depth"] for r in runs}):
@@ -408,9 +389,7 @@ def _plot_widths(workdir: str, result: dict) -> None:
   ax.set_ylabel("λ_min(Θ(0))")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "widths_lambda_min.png"))
-  plt.close(fig)
+  _study.save_figure(fig, os.path.join(workdir, "widths_lambda_min.png"))
 
 
 # ----------------------------------------------------------------------------- (b) negatives
@@ -456,7 +435,7 @@ def run_negatives(config, workdir: str) -> dict:
       model = models.NTKMLP(width=c.width, depth=c.depth, out_dim=c.out_dim)
       params_0 = jax.jit(model.init)(jax.random.key(seed), jnp.asarray(x_train))["params"]
       apply_fn = lambda p, xx, model=model: model.apply({"params": p}, xx)
-      with _bar(config, c.steps, f"{name} k={k}") as bar:
+      with _study.progress_bar(c.steps, f"{name} k={k}", config.progress) as bar:
         params, loss, _, _ = gradient_descent(
             curl_objective(apply_fn, tuples), params_0, jnp.asarray(x_train),
             learning_rate=c.learning_rate, steps=c.steps, chunk=config.chunk, bar=bar)
@@ -493,9 +472,7 @@ def _plot_negatives(workdir: str, rows: list[dict]) -> None:
     axes[0].set_yscale("log")
     axes[0].set_ylabel("loss (base 2)")
     fig.suptitle(f"CURL bound, {name}")
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, f"negatives_{name}.png"))
-    plt.close(fig)
+    _study.save_figure(fig, os.path.join(workdir, f"negatives_{name}.png"))
 
 
 # ----------------------------------------------------------------------------- report
@@ -538,7 +515,7 @@ def summary_markdown(summary: dict) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
-  _save_json(os.path.join(workdir, "config.json"), config.to_dict())
+  _study.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   metrics = os.path.join(workdir, "metrics.jsonl")
   if os.path.exists(metrics):
     os.remove(metrics)
@@ -555,7 +532,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   compact = json.loads(json.dumps(summary))
   for r in compact.get("widths", {}).get("runs", []):
     r.pop("trace")
-  _save_json(os.path.join(workdir, "summary.json"), compact)
+  _study.write_json(os.path.join(workdir, "summary.json"), compact)
   return summary
 
 
@@ -568,6 +545,4 @@ def run_and_print(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 if __name__ == "__main__":
-  import _study  # experiments/_study.py: the command line (absl + config_flags)
-
   _study.main(get_config, run_and_print)

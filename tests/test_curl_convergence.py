@@ -14,6 +14,7 @@ import pytest
 from contrax import models, theory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))  # the script imports experiments/_study
 
 
 @pytest.fixture(scope="module")
