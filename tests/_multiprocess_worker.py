@@ -66,6 +66,58 @@ def run_steps(mesh, process_index: int, process_count: int):
   return state
 
 
+# Every method but SimCLR (run_steps above), at test sizes: queues of two global batches,
+# small heads, 2 local crops. The losses whose statistics span the global batch (VICReg,
+# Barlow Twins) run as the contrastive method's loss.
+METHOD_CASES = {
+    "byol": {}, "simsiam": {}, "moco_v3": {},
+    "moco_v2": {"method.moco_v2.queue_size": 2 * GLOBAL_BATCH},
+    "nnclr": {"method.nnclr.queue_size": 2 * GLOBAL_BATCH,
+              "method.nnclr.predictor_hidden_dim": 16},
+    "swav": {"method.swav.num_prototypes": 12, "method.swav.num_local_crops": 2},
+    "dino": {"method.dino.out_dim": 32, "method.dino.hidden_dim": 16,
+             "method.dino.bottleneck_dim": 8, "method.dino.num_local_crops": 2},
+    "vicreg": {"loss.name": "vicreg"}, "barlow_twins": {"loss.name": "barlow_twins"},
+}
+# NNCLR's nearest neighbour is an argmax, discontinuous in its inputs: from the third step on,
+# this untrained network's support rows are near-duplicates (cosine up to 0.99), and sums
+# whose order differs in the last bit can pick different neighbours. Two steps cover
+# enqueueing the global batch and reading it back as positives.
+METHOD_STEPS = {"nnclr": 2}
+
+
+def run_method_steps(case: str, mesh, process_index: int, process_count: int):
+  """`STEPS` (or METHOD_STEPS) steps of METHOD_CASES[case] built from the main job's config (MLP, digits
+  augmentation, SGD: Adam would turn the rounding noise of zero gradients into full steps)."""
+  import jax
+  import optax
+  from contrax import data, parallel, train
+
+  config = train.default_config()
+  config.update_from_flattened_dict({"method.name": case if case in _METHODS else "simclr",
+                                     "projection_dim": 8, **METHOD_CASES[case]})
+  model = train.create_model(config)
+  method = train.create_method(config, model)
+  optimizer = optax.sgd(0.1)
+  state = train.init_state(method, optimizer, jax.random.key(1), IMAGE_SHAPE)
+  state = jax.device_put(state, parallel.replicated(mesh))
+  step = train.make_train_step(method, optimizer, mesh, seed=SEED)
+  batches = data.batches(dataset(), batch_size=GLOBAL_BATCH, seed=SEED,
+                         process_index=process_index, process_count=process_count)
+  compiled = None
+  for _ in range(METHOD_STEPS.get(case, STEPS)):
+    images, labels = parallel.shard_host_batch(next(batches), mesh)
+    if compiled is None:
+      compiled = step.lower(state, images, labels).compile(compiler_options=FAST_COMPILE)
+    state, metrics = compiled(state, images, labels)
+    if not bool(metrics["finite"]):
+      raise FloatingPointError(f"{case}: non-finite training step")
+  return state
+
+
+_METHODS = ("byol", "simsiam", "moco_v3", "moco_v2", "nnclr", "swav", "dino")
+
+
 def leaves(tree) -> list[np.ndarray]:
   import jax
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
@@ -78,6 +130,8 @@ def main(argv=None) -> None:
   parser.add_argument("--num_processes", type=int, required=True)
   parser.add_argument("--local_devices", type=int, required=True)
   parser.add_argument("--out", required=True)
+  parser.add_argument("--methods", default="",
+                      help="comma-separated METHOD_CASES to train instead of the SimCLR run")
   args = parser.parse_args(argv)
 
   from contrax import parallel
@@ -91,6 +145,16 @@ def main(argv=None) -> None:
   assert jax.local_device_count() == args.local_devices, jax.local_device_count()
   mesh = parallel.make_mesh()
   parallel.check_mesh(mesh)
+  if args.methods:
+    finals = {case: leaves(run_method_steps(case, mesh, jax.process_index(),
+                                            jax.process_count()))
+              for case in args.methods.split(",")}
+    if parallel.is_chief():
+      np.savez(os.path.join(args.out, "methods.npz"),
+               **{f"{case}_{i}": x for case, final in finals.items()
+                  for i, x in enumerate(final)})
+    jax.distributed.shutdown()
+    return
   state = run_steps(mesh, jax.process_index(), jax.process_count())
 
   manager = runs.checkpoint_manager(os.path.join(args.out, "workdir"))

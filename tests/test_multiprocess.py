@@ -106,6 +106,35 @@ def test_two_processes_match_one_device(tmp_path):
     np.testing.assert_array_equal(r, a, err_msg=f"leaf {i}: orbax restore")
 
 
+@pytest.mark.slow
+def test_every_method_on_two_processes_equals_one_device(tmp_path):
+  """BYOL, SimSiam, MoCo v3 / v2, NNCLR, SwAV, DINO and the VICReg and Barlow Twins losses,
+  each 3 steps on 2 processes x 4 devices (each process loading its half of every batch),
+  end in the state of the same steps on one device: parameters, momentum targets, queues,
+  prototypes, DINO's centre, BatchNorm statistics. About 2 minutes on 2 cores."""
+  port, env = free_port(), worker_env()
+  cases = ",".join(worker.METHOD_CASES)
+  run_processes(tmp_path, [worker_command(i, port, tmp_path) + ["--methods", cases]
+                           for i in range(NUM_PROCESSES)], [env] * NUM_PROCESSES,
+                timeout=600)
+  result = np.load(tmp_path / "methods.npz")
+  compared = 0
+  for case in worker.METHOD_CASES:
+    reference = worker.leaves(worker.run_method_steps(case, parallel.make_mesh(1), 0, 1))
+    steps = worker.METHOD_STEPS.get(case, worker.STEPS)
+    assert int(result[f"{case}_0"]) == steps, case  # TrainState.step comes first
+    for i, ref in enumerate(reference):
+      # assert_close's test, plus an absolute 1e-6: a leaf whose exact gradient is 0 (the
+      # projector's output bias, which the next BatchNorm cancels) holds only the rounding
+      # noise of its sums (~1e-7 after 3 steps), which differs with their order.
+      scale = np.max(np.abs(ref)) if ref.size else 0.0
+      np.testing.assert_allclose(result[f"{case}_{i}"], ref, rtol=1e-5,
+                                 atol=1e-5 * scale + 1e-6, err_msg=f"{case}, leaf {i}: 2 "
+                                 f"processes x {LOCAL_DEVICES} devices vs 1 device")
+    compared += len(reference)
+  assert compared == len(result.files)
+
+
 # A few steps of the main job (digits, MLP, NT-Xent) with logs, evaluation and checkpoints.
 PRETRAIN_FLAGS = dict(steps=4, batch_size=32, log_every=2, eval_every=2, checkpoint_every=2,
                       progress=False, knn_k=5)
