@@ -78,12 +78,14 @@ def _parts(rows, cols, row_index, temperature, decoupled, axis_name):
     shift = jnp.full((rows.shape[0], 1), 1.0 / t, rows.dtype)
   else:
     shift = jnp.max(jnp.where(in_denominator, sims / t, -jnp.inf), axis=1, keepdims=True)
-  e = jnp.where(in_denominator, jnp.exp(sims / t - shift), 0.0)
-  r = jnp.sum(e, axis=1)
-  # The negatives' sum is reduced on its own, not as r - e_pos, which cancels when the
-  # positive dominates; 1 - P_ip = r_neg / r likewise.
-  r_neg = r if decoupled else jnp.sum(jnp.where(is_positive, 0.0, e), axis=1)
+  # Only the negatives are exponentiated in the [2b, 2B] pass; the positive's term is added
+  # from its [2b] similarity (r = r_neg + e_pos, a sum of positives: no cancellation, and
+  # 1 - P_ip = r_neg / r keeps its precision when the positive dominates).
+  is_negative = in_denominator & ~is_positive
+  e = jnp.where(is_negative, jnp.exp(sims / t - shift), 0.0)
+  r_neg = jnp.sum(e, axis=1)
   pos_sim = jnp.sum(rows * jnp.take(cols, pos_index, axis=0), axis=1)
+  r = r_neg if decoupled else r_neg + jnp.exp(pos_sim / t - shift[:, 0])
   log_ratio = shift[:, 0] - pos_sim / t + jnp.log(jnp.maximum(r_neg, jnp.finfo(r.dtype).tiny))
   per_row = log_ratio if decoupled else jax.nn.softplus(log_ratio)
 
@@ -93,11 +95,11 @@ def _parts(rows, cols, row_index, temperature, decoupled, axis_name):
     off_positive = jnp.ones_like(r) if decoupled else r_neg * inv_r
     own = inv_r if constant_shift else shift[:, 0] + jnp.log(r)
     column = _gather_column_stats(jnp.stack([own, off_positive], axis=1), axis_name)
-    if constant_shift:  # e is symmetric: P_im = e_mi / r_i
+    if constant_shift:  # e is symmetric off the positives: P_im = e_mi / r_i
       negative_part = e * (inv_r[:, None] + column[None, :, 0])
     else:
       negative_part = e * inv_r[:, None] + jnp.where(
-          in_denominator, jnp.exp(sims / t - column[None, :, 0]), 0.0)
+          is_negative, jnp.exp(sims / t - column[None, :, 0]), 0.0)
     both = jnp.where(is_positive, -(off_positive[:, None] + column[None, :, 1]),
                      negative_part)
     return both @ cols / (num_cols * t)
