@@ -41,15 +41,18 @@ Writes runs/benchmark_losses/ (or --workdir): config.json, results.json, results
 Runtime: 12 minutes on the 2-core CPU under a load average of 8-11 (other jobs); most of it
 is optax at B = 512 and lightly at B = 4096.
 
-Result (quiet 2-core Xeon, load average 0.6-1.0; fastest of two interleaved rounds of two runs;
-jax 0.10.2, torch 2.14.1, lightly 1.6.0), `--config.sizes=4096`, ms per forward + backward:
+Result (2-core AMD EPYC, load average 1.2-2.1; fastest of two interleaved rounds of two runs;
+jax 0.10.2, torch 2.14.1, lightly 1.6.0), `--config.sizes=4096`, ms per forward + backward,
+two runs of the command:
 
 | B | 1dev | 8dev | optax | lightly | floor (GFLOP/s) | 1dev, 8dev / floor | vs lightly: 1dev, 8dev |
 |---|---|---|---|---|---|---|---|
-| 4096 | 739 | 804 | OOM: 66 GiB | 3664 | 320 (117) | 2.3, 2.5 | 5.0x, 4.6x |
+| 4096 | 425 | 469 | OOM: 66 GiB | 2989 | 265 (140) | 1.61, 1.77 | 7.0x, 6.4x |
+| 4096 | 432 | 427 | OOM: 66 GiB | 2910 | 279 (133) | 1.55, 1.53 | 6.7x, 6.8x |
 
-Peak RSS: contrax 0.91 (1 device) / 0.95 GiB (8), lightly 2.00 GiB; losses agree to 1e-6.
-Targets at B = 4096: >= 4x lightly is met on 1 and 8 devices; within 1.5x of the floor is not.
+Peak RSS: contrax 0.66-0.67 (1 device) / 0.70 GiB (8), lightly 2.01 GiB; losses agree to 1e-6.
+Targets at B = 4096: >= 4x lightly is met on 1 and 8 devices; within 1.5x of the floor is
+not (1.5-1.8x).
 """
 from __future__ import annotations
 
