@@ -229,6 +229,7 @@ def gradient_descent(objective, params, x, *, learning_rate: float, steps: int, 
       return jax.tree.map(lambda w, g: w - learning_rate * g, p, grads), (loss, error, norm)
     return step
 
+  # Full-batch GD draws nothing: the scan's per-step keys are placeholders giving its length.
   params, traces = mi.chunked_scan(make_step, params, np.zeros(steps), consts=x, chunk=chunk,
                                    on_chunk=bar.update if bar is not None else None)
   final = jax.jit(objective)(params, x)

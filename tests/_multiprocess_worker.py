@@ -40,7 +40,7 @@ def run_steps(mesh, process_index: int, process_count: int):
   an online linear probe on the batches' labels."""
   import jax
   import optax
-  from contrax import augment, data, models, monitor, parallel, train
+  from contrax import augment, models, monitor, parallel, train
   from contrax.losses.infonce import infonce
   from contrax.methods import contrastive
 
@@ -51,18 +51,29 @@ def run_steps(mesh, process_index: int, process_count: int):
                               augment.Augmentation(noise_std=0.05))
   probe = monitor.OnlineProbe(num_classes=4, optimizer=optax.adam(0.05))
   state = train.init_state(method, optimizer, jax.random.key(0), IMAGE_SHAPE, probe=probe)
+  return _train(method, optimizer, state, mesh, process_index, process_count, STEPS,
+                probe=probe)
+
+
+def _train(method, optimizer, state, mesh, process_index: int, process_count: int,
+           steps: int, probe=None):
+  """`steps` steps of the sharded training step from `state`, each process loading its slice
+  of every global batch of `dataset()`; the final state."""
+  import jax
+  from contrax import data, parallel, train
+
   state = jax.device_put(state, parallel.replicated(mesh))
   step = train.make_train_step(method, optimizer, mesh, seed=SEED, probe=probe)
   batches = data.batches(dataset(), batch_size=GLOBAL_BATCH, seed=SEED,
                          process_index=process_index, process_count=process_count)
   compiled = None
-  for _ in range(STEPS):
+  for _ in range(steps):
     images, labels = parallel.shard_host_batch(next(batches), mesh)
     if compiled is None:
       compiled = step.lower(state, images, labels).compile(compiler_options=FAST_COMPILE)
     state, metrics = compiled(state, images, labels)
     if not bool(metrics["finite"]):
-      raise FloatingPointError("non-finite training step")
+      raise FloatingPointError(f"{method.name}: non-finite training step")
   return state
 
 
@@ -87,35 +98,21 @@ METHOD_STEPS = {"nnclr": 2}
 
 
 def run_method_steps(case: str, mesh, process_index: int, process_count: int):
-  """`STEPS` (or METHOD_STEPS) steps of METHOD_CASES[case] built from the main job's config (MLP, digits
-  augmentation, SGD: Adam would turn the rounding noise of zero gradients into full steps)."""
+  """`STEPS` (or METHOD_STEPS) steps of METHOD_CASES[case] built from the main job's config
+  (MLP, digits augmentation; SGD: Adam would turn the rounding noise of zero gradients into
+  full steps)."""
   import jax
   import optax
-  from contrax import data, parallel, train
+  from contrax import methods, train
 
   config = train.default_config()
-  config.update_from_flattened_dict({"method.name": case if case in _METHODS else "simclr",
-                                     "projection_dim": 8, **METHOD_CASES[case]})
-  model = train.create_model(config)
-  method = train.create_method(config, model)
+  config.update_from_flattened_dict({"projection_dim": 8, **METHOD_CASES[case],
+                                     **({"method.name": case} if case in methods.NAMES else {})})
+  method = train.create_method(config, train.create_model(config))
   optimizer = optax.sgd(0.1)
   state = train.init_state(method, optimizer, jax.random.key(1), IMAGE_SHAPE)
-  state = jax.device_put(state, parallel.replicated(mesh))
-  step = train.make_train_step(method, optimizer, mesh, seed=SEED)
-  batches = data.batches(dataset(), batch_size=GLOBAL_BATCH, seed=SEED,
-                         process_index=process_index, process_count=process_count)
-  compiled = None
-  for _ in range(METHOD_STEPS.get(case, STEPS)):
-    images, labels = parallel.shard_host_batch(next(batches), mesh)
-    if compiled is None:
-      compiled = step.lower(state, images, labels).compile(compiler_options=FAST_COMPILE)
-    state, metrics = compiled(state, images, labels)
-    if not bool(metrics["finite"]):
-      raise FloatingPointError(f"{case}: non-finite training step")
-  return state
-
-
-_METHODS = ("byol", "simsiam", "moco_v3", "moco_v2", "nnclr", "swav", "dino")
+  return _train(method, optimizer, state, mesh, process_index, process_count,
+                METHOD_STEPS.get(case, STEPS))
 
 
 def leaves(tree) -> list[np.ndarray]:
