@@ -193,11 +193,12 @@ def test_one_gather_and_one_similarity_matmul_per_step(preset):
 
 def test_ntxent_step_gathers_the_embeddings_once_and_sends_the_columns_no_gradient():
   """The uniform NT-Xent step (`contrax.losses._slab_ntxent.ntxent_mean`): one all-gather of
-  the `[2b, D]` embeddings, one `[2b, 2B]` similarity matmul, and in the value-and-grad
-  program no all-reduce of a `[2B, D]` column gradient (the columns' share of each row's
-  gradient comes from the row's own slab and two gathered numbers per row)."""
+  the `[2b, D]` embeddings, the `[2b, 2B]` similarity matmul twice (the backward sweep
+  recomputes it instead of storing the slab), and in the value-and-grad program no
+  all-reduce of a `[2B, D]` column gradient (the columns' share of each row's gradient comes
+  from the row's own slab and two gathered numbers per row)."""
   gathers, wide_reductions, lowered_gathers, dots = collective_and_dot_counts("ntxent")
-  assert dots == 1 and wide_reductions == []
+  assert dots == 2 and wide_reductions == []
   n_dev, b, dim = 8, 2, 8
   mesh = Mesh(np.array(jax.devices()[:n_dev]), ("data",))
   loss = objectives.make(config_of("ntxent"))

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from contrax.losses import infonce
+from contrax.losses import _slab_ntxent
 from contrax.losses._slab_ntxent import ntxent_mean
 from oracles import fd_grad, rel_err
 
@@ -160,3 +161,18 @@ def test_forward_mode_equals_reverse_mode(t, num_devices):
     g1, g2 = jax.grad(loss, argnums=(0, 1))(z1, z2)
   np.testing.assert_allclose(float(forward), float(jnp.sum(g1 * d1) + jnp.sum(g2 * d2)),
                              rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_devices", [8, 1])
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("t", [0.01, 0.5])
+def test_rows_swept_in_padded_blocks_match_oracle(t, decoupled, num_devices, monkeypatch):
+  """The slab swept in 3 blocks of 4 rows (10 rows and 2 of padding per device), both with
+  the constant shift and with the per-row maximum, against the float64 oracle."""
+  per_device = 5
+  num_cols = 2 * num_devices * per_device
+  monkeypatch.setattr(_slab_ntxent, "ROW_BLOCK_ELEMENTS", 4 * num_cols)
+  assert _slab_ntxent._row_blocks(2 * per_device, num_cols) == (3, 4)
+  z1, z2 = unit_views(6, num_devices * per_device)
+  check(slab_loss(t, decoupled), lambda a, b: oracle_ntxent(a, b, t, decoupled), z1, z2,
+        num_devices)

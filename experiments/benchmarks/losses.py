@@ -41,18 +41,24 @@ Writes runs/benchmark_losses/ (or --workdir): config.json, results.json, results
 Runtime: 12 minutes on the 2-core CPU under a load average of 8-11 (other jobs); most of it
 is optax at B = 512 and lightly at B = 4096.
 
-Result (2-core AMD EPYC, load average 1.2-2.1; fastest of two interleaved rounds of two runs;
-jax 0.10.2, torch 2.14.1, lightly 1.6.0), `--config.sizes=4096`, ms per forward + backward,
-two runs of the command:
+Result (2-core Intel Xeon, 300 MiB L3, load average 1.4-1.6; fastest of two interleaved
+rounds of two runs; jax 0.10.2, torch 2.14.1, lightly 1.6.0), `--config.sizes=4096`, ms per
+forward + backward, two runs of the command:
 
 | B | 1dev | 8dev | optax | lightly | floor (GFLOP/s) | 1dev, 8dev / floor | vs lightly: 1dev, 8dev |
 |---|---|---|---|---|---|---|---|
-| 4096 | 425 | 469 | OOM: 66 GiB | 2989 | 265 (140) | 1.61, 1.77 | 7.0x, 6.4x |
-| 4096 | 432 | 427 | OOM: 66 GiB | 2910 | 279 (133) | 1.55, 1.53 | 6.7x, 6.8x |
+| 4096 | 233 | 265 | OOM: 66 GiB | 1372 | 147 (270) | 1.59, 1.80 | 5.9x, 5.2x |
+| 4096 | 232 | 296 | OOM: 66 GiB | 1403 | 161 (244) | 1.44, 1.84 | 6.0x, 4.7x |
 
-Peak RSS: contrax 0.66-0.67 (1 device) / 0.70 GiB (8), lightly 2.01 GiB; losses agree to 1e-6.
+Peak RSS: contrax 0.46-0.47 (1 device) / 0.68 GiB (8), lightly 2.01 GiB; losses agree to 1e-6.
+Same session, the kernel before row blocks (commit b97fac0) against now, contrax and floor
+only, two alternating runs each: 1 device 255 / 267 -> 228 / 251 ms, 8 devices 324 / 328 ->
+294 / 306 ms, peak 0.66 -> 0.46 GiB on 1 device.
 Targets at B = 4096: >= 4x lightly is met on 1 and 8 devices; within 1.5x of the floor is
-not (1.5-1.8x).
+met in one run of three on 1 device (1.44-1.59) and not on 8 virtual devices (1.80-1.87):
+the kernel does three `[block, 2B]`-sized matmuls (the similarities in each sweep, then the
+gradient) where the floor counts two, and 8 virtual devices on 2 cores add ~14 % to the same
+arithmetic (a matmul and exp split over 8 devices: 179 vs 157 ms).
 """
 from __future__ import annotations
 
