@@ -79,13 +79,32 @@ def check_tau_plus(tau_plus: float) -> float:
   return in_range("tau_plus", tau_plus, 0.0, 1.0)
 
 
-def positive_int(name: str, value: object) -> int:
-  """A Python/NumPy integer >= 1, else ValueError (TypeError for anything but an integer)."""
+def integer_at_least(name: str, value: object, low: int) -> int:
+  """A Python/NumPy integer >= `low`, else ValueError (TypeError for anything but an integer)."""
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
     raise TypeError(f"{name} must be an integer, got {value!r}")
-  if value < 1:
-    raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+  if value < low:
+    raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
   return int(value)
+
+
+def positive_int(name: str, value: object) -> int:
+  """A Python/NumPy integer >= 1, else ValueError (TypeError for anything but an integer)."""
+  return integer_at_least(name, value, 1)
+
+
+def process_slice(batch_size: int, process_count: int, process_index: int,
+                  num_rows: int) -> None:
+  """This process's share of a global batch exists: `process_index` in `[0, process_count)`,
+  `batch_size` divisible by `process_count` and at most the split's `num_rows`."""
+  if process_index >= process_count:
+    raise ValueError(f"process_index must lie in [0, process_count={process_count}), got "
+                     f"{process_index}")
+  if batch_size % process_count:
+    raise ValueError(f"batch_size={batch_size} must be divisible by "
+                     f"process_count={process_count}")
+  if batch_size > num_rows:
+    raise ValueError(f"batch_size={batch_size} exceeds the split's {num_rows} rows")
 
 
 def choice(name: str, value, choices: Iterable):

@@ -91,7 +91,7 @@ class Augmentation:
     if self.crop_scale is not None:
       set_("crop_scale", _check_range("crop_scale", self.crop_scale, 0.0, 1.0))
     set_("crop_ratio", _check_range("crop_ratio", self.crop_ratio, 0.0, math.inf))
-    set_("translate", _check_int_at_least("translate", self.translate, 0))
+    set_("translate", _checks.integer_at_least("translate", self.translate, 0))
     for name in ("flip_prob", "jitter_prob", "gray_prob", "blur_prob"):
       set_(name, _checks.in_range(name, getattr(self, name), 0.0, 1.0, include_high=True))
     if self.jitter is not None:
@@ -114,14 +114,6 @@ def _check_range(name: str, value, low: float, high: float) -> tuple[float, floa
   if lo > hi:
     raise ValueError(f"{name} must satisfy lo <= hi, got {value!r}")
   return (lo, hi)
-
-
-def _check_int_at_least(name: str, value, low: int) -> int:
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{name} must be an integer, got {value!r}")
-  if value < low:
-    raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-  return int(value)
 
 
 def check_jitter_strengths(strengths) -> tuple[float, float, float, float]:
@@ -631,7 +623,7 @@ class MultiCrop:
       object.__setattr__(self, name, value)
 
     set_("num_global", _checks.positive_int("num_global", self.num_global))
-    set_("num_local", _check_int_at_least("num_local", self.num_local, 0))
+    set_("num_local", _checks.integer_at_least("num_local", self.num_local, 0))
     for name in ("global_size", "local_size"):
       if getattr(self, name) is not None:
         set_(name, _checks.positive_int(name, getattr(self, name)))

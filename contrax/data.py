@@ -817,19 +817,9 @@ def batches(split: Split, *, batch_size: int, seed: int, start_step: int = 0,
   process_count = _checks.positive_int("process_count", process_count)
   for name, value in (("seed", seed), ("start_step", start_step),
                       ("process_index", process_index)):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-      raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 0:
-      raise ValueError(f"{name} must be >= 0, got {value!r}")
-  if process_index >= process_count:
-    raise ValueError(f"process_index must lie in [0, process_count={process_count}), got "
-                     f"{process_index}")
-  if batch_size % process_count:
-    raise ValueError(f"batch_size={batch_size} must be divisible by "
-                     f"process_count={process_count}")
+    _checks.integer_at_least(name, value, 0)
   num_rows = len(split)
-  if batch_size > num_rows:
-    raise ValueError(f"batch_size={batch_size} exceeds the split's {num_rows} rows")
+  _checks.process_slice(batch_size, process_count, process_index, num_rows)
   return _batches(split, batch_size, int(seed), int(start_step), int(process_index),
                   int(process_count))
 

@@ -114,18 +114,8 @@ def crop_batches(split, *, batch_size: int, seed: int, num_steps: int, image_siz
   ratio = _check_pair("crop_ratio", ratio, 0.0, float("inf"))
   for name, value in (("seed", seed), ("process_index", process_index),
                       ("num_workers", num_workers)):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-      raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 0:
-      raise ValueError(f"{name} must be >= 0, got {value!r}")
-  if process_index >= process_count:
-    raise ValueError(f"process_index must lie in [0, process_count={process_count}), got "
-                     f"{process_index}")
-  if batch_size % process_count:
-    raise ValueError(f"batch_size={batch_size} must be divisible by "
-                     f"process_count={process_count}")
-  if batch_size > len(split):
-    raise ValueError(f"batch_size={batch_size} exceeds the split's {len(split)} rows")
+    _checks.integer_at_least(name, value, 0)
+  _checks.process_slice(batch_size, process_count, process_index, len(split))
   sample = _CropSample(split, batch_size=batch_size, seed=int(seed), image_size=image_size,
                        num_crops=num_crops, scale=scale, ratio=ratio,
                        process_index=int(process_index), process_count=process_count)
