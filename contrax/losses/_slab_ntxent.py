@@ -116,6 +116,9 @@ def _parts(rows, cols, row_index, temperature, decoupled, axis_name):
       shift = jnp.full((block_rows.shape[0],), 1.0 / t, rows.dtype)
     else:
       shift = jnp.max(jnp.where(in_denominator, sims / t, -jnp.inf), axis=1)
+    # Only the negatives are exponentiated in the [block, 2B] pass; the positive's term is
+    # added from its similarity (r = r_neg + e_pos, a sum of positives: no cancellation, and
+    # 1 - P_ip = r_neg / r keeps its precision when the positive dominates).
     r_neg = jnp.sum(jnp.where(is_negative, jnp.exp(sims / t - shift[:, None]), 0.0), axis=1)
     pos_sim = jnp.sum(block_rows * jnp.take(cols, pos_index, axis=0), axis=1)
     return shift, r_neg, pos_sim
@@ -128,6 +131,7 @@ def _parts(rows, cols, row_index, temperature, decoupled, axis_name):
 
   def gradient():
     inv_r = 1.0 / r
+    # Q_ip = -(1 - P_ip) = -r_neg / r (decoupled: -1); e / r is the softmax elsewhere.
     off_positive = jnp.ones_like(r) if decoupled else r_neg * inv_r
     own = inv_r if constant_shift else shift + jnp.log(r)
     column = _gather_column_stats(jnp.stack([own, off_positive], axis=1), axis_name)
@@ -138,7 +142,7 @@ def _parts(rows, cols, row_index, temperature, decoupled, axis_name):
       block_inv_r, block_off, block_shift = stats[:, 0], stats[:, 1], stats[:, 2]
       _, is_positive, is_negative, _, sims = geometry(block_rows, block_index)
       e = jnp.where(is_negative, jnp.exp(sims / t - block_shift[:, None]), 0.0)
-      if constant_shift:
+      if constant_shift:  # e is symmetric off the positives: P_im = e_mi / r_i
         negative_part = e * (block_inv_r[:, None] + column[None, :, 0])
       else:
         negative_part = e * block_inv_r[:, None] + jnp.where(
