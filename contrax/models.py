@@ -127,25 +127,37 @@ class ConvNet(nn.Module):
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 
-class BasicBlock(nn.Module):
-  """ResNet BasicBlock: conv3x3-BN-ReLU-conv3x3-BN plus shortcut (1x1 conv + BN when the shape changes)."""
+class _ResidualBlock(nn.Module):
+  """The fields and the conv-BN chain that BasicBlock and Bottleneck share."""
   channels: int
   strides: int = 1
   bn_axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+  def _residual(self, x: jax.Array, layers, train: bool) -> jax.Array:
+    """conv_i-BN_i for each (out channels, kernel, stride) of `layers`, ReLU between them, plus
+    the shortcut (1x1 conv + BN when the shape changes), ReLU after the sum. Called from the
+    subclasses' compact `__call__`, so the submodules are named conv1, bn1, ... as before."""
     conv = lambda c, k, s, name: nn.Conv(c, (k, k), strides=s, padding=k // 2, use_bias=False,
                                          dtype=self.dtype, param_dtype=self.param_dtype,
                                          name=name)
     bn = lambda name: _batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype, name)
-    y = nn.relu(bn("bn1")(conv(self.channels, 3, self.strides, "conv1")(x)))
-    y = bn("bn2")(conv(self.channels, 3, 1, "conv2")(y))
-    if self.strides != 1 or x.shape[-1] != self.channels:
-      x = bn("shortcut_bn")(conv(self.channels, 1, self.strides, "shortcut_conv")(x))
+    y = x
+    for i, (c, k, s) in enumerate(layers, 1):
+      y = bn(f"bn{i}")(conv(c, k, s, f"conv{i}")(nn.relu(y) if i > 1 else y))
+    out = layers[-1][0]
+    if self.strides != 1 or x.shape[-1] != out:
+      x = bn("shortcut_bn")(conv(out, 1, self.strides, "shortcut_conv")(x))
     return nn.relu(x + y)
+
+
+class BasicBlock(_ResidualBlock):
+  """ResNet BasicBlock: conv3x3-BN-ReLU-conv3x3-BN plus shortcut (1x1 conv + BN when the shape changes)."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    return self._residual(x, [(self.channels, 3, self.strides), (self.channels, 3, 1)], train)
 
 
 class ResNet18(nn.Module):
@@ -188,29 +200,15 @@ def _initialised_shape(module: nn.Module, *path: str) -> Optional[tuple]:
   return tuple(tree.shape)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
   """ResNet bottleneck block (He et al. 2016), torchvision's "v1.5" layout (the stride sits in
   the 3x3 conv): conv1x1(c)-BN-ReLU-conv3x3(c, stride)-BN-ReLU-conv1x1(4c)-BN plus shortcut
   (1x1 conv + BN when the shape changes), ReLU after the sum."""
-  channels: int
-  strides: int = 1
-  bn_axis_name: Optional[str] = None
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    conv = lambda c, k, s, name: nn.Conv(c, (k, k), strides=s, padding=k // 2, use_bias=False,
-                                         dtype=self.dtype, param_dtype=self.param_dtype,
-                                         name=name)
-    bn = lambda name: _batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype, name)
-    out = 4 * self.channels
-    y = nn.relu(bn("bn1")(conv(self.channels, 1, 1, "conv1")(x)))
-    y = nn.relu(bn("bn2")(conv(self.channels, 3, self.strides, "conv2")(y)))
-    y = bn("bn3")(conv(out, 1, 1, "conv3")(y))
-    if self.strides != 1 or x.shape[-1] != out:
-      x = bn("shortcut_bn")(conv(out, 1, self.strides, "shortcut_conv")(x))
-    return nn.relu(x + y)
+    c = self.channels
+    return self._residual(x, [(c, 1, 1), (c, 3, self.strides), (4 * c, 1, 1)], train)
 
 
 STEMS = ("imagenet", "cifar")
