@@ -138,7 +138,8 @@ class _ResidualBlock(nn.Module):
   def _residual(self, x: jax.Array, layers, train: bool) -> jax.Array:
     """conv_i-BN_i for each (out channels, kernel, stride) of `layers`, ReLU between them, plus
     the shortcut (1x1 conv + BN when the shape changes), ReLU after the sum. Called from the
-    subclasses' compact `__call__`, so the submodules are named conv1, bn1, ... as before."""
+    subclasses' compact `__call__`, so the submodules land in the block's own scope as conv1,
+    bn1, ..., shortcut_conv, shortcut_bn (the parameter names checkpoints hold)."""
     conv = lambda c, k, s, name: nn.Conv(c, (k, k), strides=s, padding=k // 2, use_bias=False,
                                          dtype=self.dtype, param_dtype=self.param_dtype,
                                          name=name)
